@@ -1,0 +1,184 @@
+"""Typed configs for the policy and its training, mapped from hydra YAML (see ``configs/``).
+
+Each dataclass validates itself in ``__post_init__`` and raises ``ValueError`` naming the field
+and the rule; ``policy.config_utils.from_dict`` rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policy import keys
+
+BACKBONES = ("small_cnn", "resnet18")
+OBJECTIVES = ("ddpm", "flow")
+SAMPLERS = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",)}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class EncoderConfig:
+    """Image encoder, one instance per camera."""
+
+    backbone: str = "small_cnn"  # small_cnn (CPU default) | resnet18 (GroupNorm)
+    feature_dim: int = 64  # output features per camera and frame
+    num_keypoints: int = 32  # spatial-softmax keypoints
+    channels: tuple[int, ...] = (32, 32, 32)  # small_cnn conv widths (stem, then 3x3 convs)
+    stem_stride: int = 4  # small_cnn: the stem conv (kernel 2*stride) downsamples by this
+    crop_shape: tuple[int, int] = (84, 84)  # (H, W): random crop in training, center crop at inference
+    pretrained_path: str | None = None  # resnet18 only: local .safetensors/.pth ImageNet weights
+
+    def __post_init__(self) -> None:
+        _need(self.backbone in BACKBONES, f"encoder.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        _need(self.feature_dim >= 1, f"encoder.feature_dim must be >= 1, got {self.feature_dim}")
+        _need(self.num_keypoints >= 1, f"encoder.num_keypoints must be >= 1, got {self.num_keypoints}")
+        _need(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+              f"encoder.channels must be a non-empty list of positive ints, got {self.channels}")
+        _need(self.stem_stride in (1, 2, 4), f"encoder.stem_stride must be 1, 2 or 4, got {self.stem_stride}")
+        _need(len(self.crop_shape) == 2 and min(self.crop_shape) >= 8,
+              f"encoder.crop_shape must be [H, W] with both >= 8, got {self.crop_shape}")
+        _need(self.pretrained_path is None or self.backbone == "resnet18",
+              "encoder.pretrained_path is only supported for backbone resnet18")
+
+
+@dataclass
+class UNetConfig:
+    """Conditional 1D temporal U-Net."""
+
+    down_dims: tuple[int, ...] = (64, 128, 256)
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 64  # sinusoidal diffusion-step embedding width
+
+    def __post_init__(self) -> None:
+        _need(len(self.down_dims) >= 1, "unet.down_dims must not be empty")
+        for d in self.down_dims:
+            _need(d % self.n_groups == 0, f"unet.down_dims entries must be divisible by unet.n_groups "
+                  f"({self.n_groups}), got {self.down_dims}")
+        _need(self.kernel_size % 2 == 1 and self.kernel_size >= 1,
+              f"unet.kernel_size must be odd and >= 1, got {self.kernel_size}")
+        _need(self.step_embed_dim % 2 == 0 and self.step_embed_dim >= 4,
+              f"unet.step_embed_dim must be even and >= 4, got {self.step_embed_dim}")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Training objective and its sampler."""
+
+    name: str = "flow"  # ddpm (epsilon prediction) | flow (flow matching, velocity prediction)
+    sampler: str = "euler"  # ddpm | ddim for name=ddpm; euler for name=flow
+    num_inference_steps: int = 4
+    num_train_timesteps: int = 100  # ddpm only
+    clip_sample: bool = True  # ddpm: clip the predicted clean sample to [-1, 1]
+    flow_time_sampling: str = "uniform"  # flow only: uniform | beta (more weight near the noise end)
+
+    def __post_init__(self) -> None:
+        _need(self.name in OBJECTIVES, f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
+        _need(self.sampler in SAMPLERS[self.name],
+              f"objective.sampler must be one of {SAMPLERS[self.name]} for objective {self.name!r}, "
+              f"got {self.sampler!r}")
+        _need(self.num_train_timesteps >= 2, "objective.num_train_timesteps must be >= 2")
+        limit = self.num_train_timesteps if self.name == "ddpm" else 1000
+        _need(1 <= self.num_inference_steps <= limit,
+              f"objective.num_inference_steps must be in [1, {limit}], got {self.num_inference_steps}")
+        _need(self.flow_time_sampling in ("uniform", "beta"),
+              f"objective.flow_time_sampling must be uniform or beta, got {self.flow_time_sampling!r}")
+
+
+@dataclass
+class PolicyConfig:
+    """What the policy sees and predicts, and its networks."""
+
+    image_keys: tuple[str, ...] = keys.IMAGE_KEYS
+    image_shape: tuple[int, int] = (96, 96)  # (H, W) of dataset/camera images
+    lowdim_dims: dict[str, int] = field(default_factory=lambda: {keys.EE_POSE: keys.EE_POSE_DIM,
+                                                                   keys.GRIPPER: keys.GRIPPER_DIM})
+    action_dim: int = keys.ACTION_DIM
+    n_obs_steps: int = 2  # To: observation frames (and sent actions) the policy is conditioned on
+    chunk_len: int = 16  # Tp: actions per predicted chunk; chunk[i] is for t_obs + i * dt
+    use_action_history: bool = True
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def __post_init__(self) -> None:
+        _need(len(self.image_keys) == len(set(self.image_keys)), f"policy.image_keys repeats a key: {self.image_keys}")
+        _need(len(self.image_keys) > 0 or len(self.lowdim_dims) > 0 or self.use_action_history,
+              "policy needs at least one observation: image_keys, lowdim_dims or use_action_history")
+        _need(len(self.image_shape) == 2 and min(self.image_shape) >= 8,
+              f"policy.image_shape must be [H, W] with both >= 8, got {self.image_shape}")
+        if self.image_keys:
+            ch, cw = self.encoder.crop_shape
+            _need(ch <= self.image_shape[0] and cw <= self.image_shape[1],
+                  f"policy.encoder.crop_shape {self.encoder.crop_shape} must fit in policy.image_shape "
+                  f"{self.image_shape}")
+        for k, d in self.lowdim_dims.items():
+            _need(d >= 1, f"policy.lowdim_dims.{k} must be >= 1, got {d}")
+        _need(self.action_dim >= 1, f"policy.action_dim must be >= 1, got {self.action_dim}")
+        _need(self.n_obs_steps >= 1, f"policy.n_obs_steps must be >= 1, got {self.n_obs_steps}")
+        levels = len(self.unet.down_dims) - 1
+        _need(self.chunk_len >= 2 ** levels and self.chunk_len % (2 ** levels) == 0,
+              f"policy.chunk_len must be divisible by 2**(len(unet.down_dims)-1) = {2 ** levels}, "
+              f"got {self.chunk_len}")
+
+    def dataset_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Per-frame shape and dtype that a training dataset must have for each key."""
+        spec: dict[str, tuple[tuple[int, ...], str]] = {
+            k: ((self.image_shape[0], self.image_shape[1], 3), "uint8") for k in self.image_keys
+        }
+        spec.update({k: ((d,), "float32") for k, d in self.lowdim_dims.items()})
+        spec[keys.ACTION] = ((self.action_dim,), "float32")
+        return spec
+
+
+@dataclass
+class TrainConfig:
+    """Training run: data, optimization, evaluation cadence, checkpoints, hardware."""
+
+    dataset: str = ""  # path to the zarr replay buffer
+    out_dir: str = "runs/default"
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 200
+    betas: tuple[float, float] = (0.95, 0.999)
+    grad_clip: float = 1.0  # 0 disables
+    ema_decay: float = 0.999  # max EMA decay (warmed up from 0)
+    val_fraction: float = 0.05
+    val_every: int = 500
+    val_batches: int = 4  # batches of validation loss; also the chunks sampled for action MSE
+    ckpt_every: int = 1000
+    log_every: int = 50
+    device: str = "auto"  # auto | cpu | cuda | mps
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the networks
+    resume: bool = False  # continue from out_dir/checkpoints/latest
+    num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        _need(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
+        _need(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _need(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _need(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _need(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        _need(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("val_every", "ckpt_every", "log_every", "val_batches"):
+            _need(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _need(self.device in DEVICES, f"train.device must be one of {DEVICES}, got {self.device!r}")
+        _need(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class Config:
+    """Top-level training config (``configs/train.yaml``)."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

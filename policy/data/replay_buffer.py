@@ -1,0 +1,283 @@
+"""A crash-safe episode replay buffer on zarr (v3 format, a directory store).
+
+Layout (the reference diffusion-policy ReplayBuffer layout)::
+
+    <path>/data/<key>          time-major arrays over all episodes, shape (N, *frame_shape)
+    <path>/meta/episode_ends   int64 (E,), cumulative exclusive end index of each episode
+
+An episode is committed by writing ``meta/episode_ends`` last: the data arrays are grown and
+written first, so a process killed mid-episode loses only that episode. On open, only the longest
+valid prefix of ``episode_ends`` (strictly increasing, > 0, <= the shortest data array) counts as
+committed; anything past it is ignored and trimmed by the next ``add_episode``. zarr's LocalStore
+writes every chunk and metadata file atomically (temp file + rename).
+
+Storage: images ((T, H, W, 3) uint8) one frame per chunk, Blosc zstd with bit shuffle (about 10x on
+clean rendered frames, ~2 ms per 96x96 frame); ``timestamp`` float64; other floats float32;
+integer and bool arrays keep their dtype; low-dim arrays in chunks of ``LOWDIM_CHUNK`` steps.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore
+
+from policy.keys import TIMESTAMP
+
+LOWDIM_CHUNK = 1024  # steps per chunk for non-image arrays
+
+
+def _codec(image: bool) -> BloscCodec:
+    """A fresh Blosc zstd codec: bit shuffle for uint8 frames, byte shuffle for low-dim arrays."""
+    return BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle" if image else "shuffle")
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, malformed, or an episode does not fit it."""
+
+
+def _is_image(arr: np.ndarray) -> bool:
+    """True for (T, H, W, 3) uint8 arrays."""
+    return arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3
+
+
+def _storage_dtype(key: str, dtype: np.dtype) -> np.dtype:
+    """float64 for ``timestamp``, float32 for other floats, the input dtype otherwise."""
+    if dtype.kind == "f":
+        return np.dtype(np.float64) if key == TIMESTAMP else np.dtype(np.float32)
+    if dtype.kind not in "biu":
+        raise DatasetError(f"key '{key}': unsupported dtype {dtype} (expected bool, integer or float)")
+    return dtype
+
+
+def _frame_str(shape: tuple[int, ...], dtype: np.dtype | str) -> str:
+    """Format a per-frame shape and dtype as e.g. '(T, 9) float32'."""
+    dims = ", ".join(["T", *(str(d) for d in shape)])
+    return f"({dims}{',' if not shape else ''}) {np.dtype(dtype)}"
+
+
+def _committed_ends(ends: np.ndarray, max_len: int) -> np.ndarray:
+    """Longest prefix of ``ends`` that is strictly increasing, > 0 and <= ``max_len``."""
+    ok = (np.diff(ends, prepend=0) > 0) & (ends <= max_len)  # diff vs prepended 0 also checks > 0
+    n_ok = len(ends) if ok.all() else int(np.argmin(ok))
+    return ends[:n_ok].copy()
+
+
+class ReplayBuffer:
+    """Episodes of time-major arrays in a zarr group; see the module docstring for the layout."""
+
+    def __init__(self, path: pathlib.Path, root: zarr.Group, read_only: bool) -> None:
+        """Use ``ReplayBuffer.create`` or ``ReplayBuffer.open`` instead."""
+        self.path = path
+        self.read_only = read_only
+        self._root = root
+        self._data: zarr.Group = root["data"]  # type: ignore[assignment]
+        self._ends_arr: zarr.Array = root["meta/episode_ends"]  # type: ignore[assignment]
+        self._arrays: dict[str, zarr.Array] = dict(self._data.arrays())
+        raw = np.asarray(self._ends_arr[:])
+        if raw.ndim != 1 or raw.dtype.kind not in "iu":
+            raise DatasetError(
+                f"dataset {path}: meta/episode_ends must be a 1-D integer array, found {raw.dtype} {raw.shape}"
+            )
+        max_len = min((a.shape[0] for a in self._arrays.values()), default=0)
+        self._ends = _committed_ends(raw.astype(np.int64), max_len)
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> ReplayBuffer:
+        """Create a new empty dataset at ``path`` (must not exist, or be an empty directory)."""
+        path = pathlib.Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise DatasetError(f"dataset {path}: cannot create, path exists and is not an empty directory")
+        root = zarr.open_group(LocalStore(path), mode="w", zarr_format=3)
+        root.create_group("data")
+        meta = root.create_group("meta")
+        meta.create_array("episode_ends", shape=(0,), dtype="int64", chunks=(LOWDIM_CHUNK,), fill_value=0)
+        return cls(path, root, read_only=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> ReplayBuffer:
+        """Open a dataset: mode "r" read-only, "a" append (created if missing or an empty directory)."""
+        path = pathlib.Path(path)
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        if mode == "a" and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
+            return cls.create(path)
+        if not path.is_dir():
+            raise DatasetError(f"dataset {path}: no such directory")
+        missing = [p for p in ("zarr.json", "data/zarr.json", "meta/episode_ends/zarr.json")
+                   if not (path / p).is_file()]
+        if missing:
+            what = ", ".join(p.removesuffix("zarr.json").rstrip("/") or "root zarr group" for p in missing)
+            raise DatasetError(f"dataset {path}: not a replay buffer, missing {what}")
+        try:
+            root = zarr.open_group(LocalStore(path, read_only=(mode == "r")), mode=mode, zarr_format=3)
+            return cls(path, root, read_only=(mode == "r"))
+        except (KeyError, TypeError, zarr.errors.BaseZarrError) as e:
+            raise DatasetError(f"dataset {path}: cannot open as a zarr v3 replay buffer: {e}") from e
+
+    # ----------------------------------------------------------------- read
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        """Cumulative exclusive end index of each committed episode, int64 (E,)."""
+        return self._ends.copy()
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of committed episodes."""
+        return len(self._ends)
+
+    @property
+    def n_steps(self) -> int:
+        """Number of committed time steps over all episodes."""
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    @property
+    def keys(self) -> list[str]:
+        """Sorted data keys."""
+        return sorted(self._arrays)
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        """Length of each committed episode in steps, int64 (E,)."""
+        return np.diff(self._ends, prepend=0)
+
+    def episode_slice(self, i: int) -> slice:
+        """Global time slice of episode ``i`` (negative indices count from the end)."""
+        n = self.n_episodes
+        if not -n <= i < n:
+            raise IndexError(f"dataset {self.path}: episode {i} out of range ({n} episodes)")
+        i %= n
+        start = int(self._ends[i - 1]) if i > 0 else 0
+        return slice(start, int(self._ends[i]))
+
+    def _check_keys(self, keys: Iterable[str] | None) -> list[str]:
+        """Requested keys (all when None); DatasetError naming any unknown one."""
+        keys = self.keys if keys is None else list(keys)
+        for k in keys:
+            if k not in self._arrays:
+                raise DatasetError(f"dataset {self.path}: no key '{k}'; found keys: {self.keys}")
+        return keys
+
+    def get_episode(self, i: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Arrays of episode ``i``: {key: (T, *frame_shape)}."""
+        sl = self.episode_slice(i)
+        return {k: self._arrays[k][sl] for k in self._check_keys(keys)}
+
+    def load(self, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """All committed steps in memory: {key: (n_steps, *frame_shape)}, each array read once."""
+        n = self.n_steps
+        return {k: self._arrays[k][:n] for k in self._check_keys(keys)}
+
+    def validate(self, spec: Mapping[str, tuple[tuple[int, ...], np.dtype | str]]) -> None:
+        """Check that each ``key -> (frame_shape, dtype)`` in ``spec`` is stored as such; extra keys are fine."""
+        for key, (shape, dtype) in spec.items():
+            expected = _frame_str(tuple(shape), dtype)
+            if key not in self._arrays:
+                raise DatasetError(
+                    f"dataset {self.path}: missing key '{key}' (expected shape {expected}); found keys: {self.keys}"
+                )
+            arr = self._arrays[key]
+            found = _frame_str(tuple(arr.shape[1:]), arr.dtype)
+            if tuple(arr.shape[1:]) != tuple(shape) or np.dtype(arr.dtype) != np.dtype(dtype):
+                raise DatasetError(f"dataset {self.path}: key '{key}' expected {expected}, found {found}")
+        ends = self._ends
+        if np.any(np.diff(ends) < 0) or (len(ends) and ends[0] < 0):
+            raise DatasetError(f"dataset {self.path}: meta/episode_ends is not non-decreasing: {ends}")
+        for key, arr in self._arrays.items():
+            if self.n_steps > arr.shape[0]:
+                raise DatasetError(
+                    f"dataset {self.path}: episode_ends[-1]={self.n_steps} exceeds length {arr.shape[0]} "
+                    f"of key '{key}'"
+                )
+
+    # ----------------------------------------------------------------- write
+
+    def _prepare(self, episode: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Check an episode against the dataset and cast it to storage dtypes; returns (arrays, T)."""
+        where = f"dataset {self.path}: add_episode"
+        arrays = {str(k): np.asarray(v) for k, v in episode.items()}
+        if not arrays:
+            raise DatasetError(f"{where}: empty episode (no keys)")
+        lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
+        T = min(lengths.values())
+        if T < 1 or len(set(lengths.values())) != 1:
+            raise DatasetError(f"{where}: all arrays need the same length T >= 1, got lengths {lengths}")
+        if self.n_episodes > 0:
+            missing, extra = sorted(set(self._arrays) - set(arrays)), sorted(set(arrays) - set(self._arrays))
+            if missing or extra:
+                raise DatasetError(f"{where}: key set changed; missing keys {missing}, extra keys {extra}")
+        out = {}
+        for k, a in arrays.items():
+            if self.n_episodes > 0:
+                stored = self._arrays[k]
+                if a.shape[1:] != tuple(stored.shape[1:]):
+                    raise DatasetError(
+                        f"{where}: key '{k}' frame shape changed, expected {tuple(stored.shape[1:])}, "
+                        f"found {a.shape[1:]}"
+                    )
+                dtype = np.dtype(stored.dtype)
+                if dtype.kind != "f" and a.dtype.kind == "f":
+                    raise DatasetError(f"{where}: key '{k}' is stored as {dtype}, cannot write {a.dtype}")
+            else:
+                dtype = _storage_dtype(k, a.dtype)
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise DatasetError(f"{where}: key '{k}' contains NaN or inf")
+            if dtype.kind in "iu" and a.dtype != dtype and a.dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                if a.min() < info.min or a.max() > info.max:
+                    raise DatasetError(f"{where}: key '{k}' has values outside the range of {dtype}")
+            with np.errstate(over="ignore"):  # overflow to inf is reported just below
+                cast = a.astype(dtype, copy=False)
+            if dtype.kind == "f" and not np.isfinite(cast).all():
+                raise DatasetError(f"{where}: key '{k}' overflows {dtype} (inf after the cast)")
+            out[k] = cast
+        return out, T
+
+    def _trim(self) -> None:
+        """Drop anything past the committed episodes (left by a crash) from the store."""
+        n, n_ep = self.n_steps, self.n_episodes
+        if self._ends_arr.shape[0] != n_ep:
+            self._ends_arr[n_ep:] = 0  # zero stale entries kept in a partial chunk, then shrink
+            self._ends_arr.resize((n_ep,))
+        if n_ep == 0:  # arrays of a crashed first episode: dtype/shape may differ next time
+            for k in list(self._arrays):
+                del self._data[k]
+            self._arrays.clear()
+        for arr in self._arrays.values():
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+
+    def add_episode(self, episode: Mapping[str, np.ndarray]) -> int:
+        """Append and commit one episode {key: (T, *frame_shape)}; returns its episode index."""
+        if self.read_only:
+            raise DatasetError(f"dataset {self.path}: opened read-only, cannot add_episode (open with mode='a')")
+        arrays, T = self._prepare(episode)
+        self._trim()
+        n = self.n_steps
+        for k, a in arrays.items():  # 1) data
+            if k not in self._arrays:
+                image = _is_image(a)
+                chunks = (1, *a.shape[1:]) if image else (LOWDIM_CHUNK, *a.shape[1:])
+                self._arrays[k] = self._data.create_array(
+                    k, shape=(0, *a.shape[1:]), dtype=a.dtype, chunks=chunks, fill_value=0,
+                    compressors=_codec(image),
+                )
+            arr = self._arrays[k]
+            arr.resize((n + T, *a.shape[1:]))
+            arr[n:n + T] = a
+        i = self.n_episodes  # 2) commit: episode_ends last
+        self._ends_arr.resize((i + 1,))
+        self._ends_arr[i] = n + T
+        self._ends = np.append(self._ends, np.int64(n + T))
+        return i
+
+    def __repr__(self) -> str:
+        return f"ReplayBuffer({str(self.path)!r}, n_episodes={self.n_episodes}, n_steps={self.n_steps})"

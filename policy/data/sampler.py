@@ -1,0 +1,133 @@
+"""Episode train/val split and padded training windows over a time-major replay buffer.
+
+For a sample at global time ``t`` in episode ``[s, e)`` (all index arrays are global time indices):
+
+- ``obs``     (B, To): times ``t-To+1 .. t``, clipped to ``>= s`` (first frame repeated at the start);
+- ``action``  (B, Tp): times ``t .. t+Tp-1``, clipped to ``<= e-1`` (last action repeated at the end);
+- ``history`` (B, Th): times ``t-Th .. t-1``, clipped to ``>= s``: the actions sent before the newest
+  observation (at the episode start the first action is repeated).
+
+Windows never cross episode boundaries. Everything is vectorized over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from policy.keys import ACTION, ACTION_HISTORY
+
+
+def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of episode ids into sorted (train_ids, val_ids), int64.
+
+    ``round(n_episodes * val_fraction)`` episodes go to validation, at least 1 when ``val_fraction > 0``
+    and at most ``n_episodes - 1`` so training is never empty; a single episode always goes to train.
+    """
+    if not isinstance(n_episodes, (int, np.integer)) or n_episodes < 1:
+        raise ValueError(f"n_episodes must be an integer >= 1, got {n_episodes!r}")
+    if not 0.0 <= val_fraction < 1.0:  # also rejects NaN
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    n_val = int(round(n_episodes * val_fraction))
+    if val_fraction > 0 and n_episodes >= 2:
+        n_val = min(max(n_val, 1), n_episodes - 1)
+    else:
+        n_val = 0
+    perm = np.random.default_rng(seed).permutation(n_episodes)
+    return np.sort(perm[n_val:]).astype(np.int64), np.sort(perm[:n_val]).astype(np.int64)
+
+
+class WindowSampler:
+    """One training window per time step of the selected episodes, with edge padding by index clipping."""
+
+    def __init__(
+        self,
+        episode_ends: np.ndarray,
+        episode_ids: Sequence[int],
+        n_obs_steps: int,
+        chunk_len: int,
+        history_len: int | None = None,
+    ) -> None:
+        """Args:
+        episode_ends: (E,) cumulative exclusive episode ends (``ReplayBuffer.episode_ends``).
+        episode_ids: the episodes to sample from (e.g. the train ids of ``split_episodes``).
+        n_obs_steps: To, observation frames per sample (>= 1).
+        chunk_len: Tp, actions per predicted chunk (>= 1).
+        history_len: Th, past actions per sample (>= 0); defaults to ``n_obs_steps``.
+        """
+        ends = np.asarray(episode_ends)
+        if ends.ndim != 1 or (ends.size and ends.dtype.kind not in "iu"):
+            raise ValueError(f"episode_ends must be a 1-D integer array, got {ends.dtype} {ends.shape}")
+        ends = ends.astype(np.int64)
+        if ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0)):
+            raise ValueError("episode_ends must be non-negative and non-decreasing")
+        if n_obs_steps < 1:
+            raise ValueError(f"n_obs_steps must be >= 1, got {n_obs_steps}")
+        if chunk_len < 1:
+            raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+        history_len = n_obs_steps if history_len is None else history_len
+        if history_len < 0:
+            raise ValueError(f"history_len must be >= 0, got {history_len}")
+        ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("episode_ids is empty: no episodes selected")
+        if ids.min() < 0 or ids.max() >= len(ends):
+            raise ValueError(f"episode_ids must be in [0, {len(ends)}), got min {ids.min()}, max {ids.max()}")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("episode_ids contains duplicates")
+        self.n_obs_steps, self.chunk_len, self.history_len = int(n_obs_steps), int(chunk_len), int(history_len)
+        self.episode_ids = ids
+
+        starts = np.concatenate([[0], ends[:-1]])[ids]  # (n_sel,)
+        stops = ends[ids]
+        lengths = stops - starts
+        if lengths.sum() == 0:
+            raise ValueError("episode_ids selects only empty episodes: no samples")
+        # per-step arrays: t, and the [s, e) of its episode
+        self._start = np.repeat(starts, lengths)  # (N,)
+        self._stop = np.repeat(stops, lengths)  # (N,)
+        self._t = self._start + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+
+    def __len__(self) -> int:
+        """Number of samples: one per time step of the selected episodes."""
+        return len(self._t)
+
+    def step_indices(self) -> np.ndarray:
+        """Global time indices of all steps in the selected episodes, int64 (N,)."""
+        return self._t.copy()
+
+    def indices(self, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Global time indices for a batch: {"obs": (B, To), "action": (B, Tp), "history": (B, Th)}."""
+        ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)  # (B,)
+        if ids.size and (ids.min() < -len(self) or ids.max() >= len(self)):
+            raise IndexError(f"sample_ids must be in [-{len(self)}, {len(self)}), got {ids.min()}..{ids.max()}")
+        t, s, e = self._t[ids, None], self._start[ids, None], self._stop[ids, None]  # (B, 1) each
+        To, Tp, Th = self.n_obs_steps, self.chunk_len, self.history_len
+        return {
+            "obs": np.maximum(t + np.arange(-To + 1, 1), s),  # (B, To)
+            "action": np.minimum(t + np.arange(Tp), e - 1),  # (B, Tp)
+            "history": np.maximum(t + np.arange(-Th, 0), s),  # (B, Th)
+        }
+
+    def gather(
+        self, arrays: Mapping[str, np.ndarray], sample_ids: np.ndarray, obs_keys: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Index in-memory time-major arrays (e.g. ``ReplayBuffer.load()``) for a batch.
+
+        Returns {k: (B, To, ...) for k in obs_keys, "action": (B, Tp, A), "action_history": (B, Th, A)};
+        "action_history" is omitted when ``history_len == 0``.
+        """
+        for k in (*obs_keys, ACTION):
+            if k not in arrays:
+                raise ValueError(f"gather: key '{k}' not in arrays (found {sorted(arrays)})")
+        for k in (ACTION, ACTION_HISTORY):
+            if k in obs_keys:
+                raise ValueError(f"gather: obs_keys must not contain '{k}', it is produced separately")
+        idx = self.indices(sample_ids)
+        out = {k: np.asarray(arrays[k])[idx["obs"]] for k in obs_keys}  # (B, To, ...)
+        action = np.asarray(arrays[ACTION])
+        out[ACTION] = action[idx["action"]]  # (B, Tp, A)
+        if self.history_len > 0:
+            out[ACTION_HISTORY] = action[idx["history"]]  # (B, Th, A)
+        return out

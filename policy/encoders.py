@@ -1,0 +1,136 @@
+"""Image encoders (one per camera) and the observation encoder that builds the global condition.
+
+Backbones: ``small_cnn`` (a few strided convs + spatial-softmax keypoints, the CPU default) and
+``resnet18`` (torchvision ResNet-18 with GroupNorm instead of BatchNorm, optionally initialised
+from a local ImageNet weight file; nothing is ever downloaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from policy.config import EncoderConfig, PolicyConfig
+
+
+class SpatialSoftmax(nn.Module):
+    """(N, C, H, W) feature map -> (N, 2K) expected (x, y) of K learned keypoints in [-1, 1]."""
+
+    def __init__(self, in_channels: int, num_keypoints: int, height: int, width: int):
+        super().__init__()
+        self.keypoints = nn.Conv2d(in_channels, num_keypoints, 1)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.keypoints(x).flatten(2)  # (N, K, H*W)
+        attention = logits.softmax(dim=-1)
+        return (attention @ self.grid).flatten(1)  # (N, K, 2) -> (N, 2K)
+
+
+def _small_cnn(cfg: EncoderConfig) -> nn.Sequential:
+    """Stem conv (kernel 2*stride, no norm: cheap on big maps), then 3x3 convs with GroupNorm."""
+    s = cfg.stem_stride
+    layers: list[nn.Module] = [nn.Conv2d(3, cfg.channels[0], max(2 * s, 3), stride=s, padding=max(s // 2, 1)),
+                               nn.ReLU()]
+    for c_in, c in zip(cfg.channels[:-1], cfg.channels[1:]):
+        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(min(8, c), c), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def _resnet18(cfg: EncoderConfig) -> nn.Sequential:
+    import torchvision  # imported here: only this backbone needs it
+
+    net = torchvision.models.resnet18(weights=None, norm_layer=lambda c: nn.GroupNorm(c // 16, c))
+    if cfg.pretrained_path:
+        _load_pretrained(net, Path(cfg.pretrained_path))
+    return nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc: (N, 512, H/32, W/32)
+
+
+def _load_pretrained(net: nn.Module, path: Path) -> None:
+    """Load ImageNet weights from a local file; BatchNorm statistics and the fc head are skipped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder.pretrained_path {path} does not exist (weights are never downloaded)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: never runs code
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    ignorable = ("running_mean", "running_var", "num_batches_tracked", "fc.")
+    skipped = [k for k in state if k not in usable and not any(s in k for s in ignorable)]
+    if skipped:
+        raise ValueError(f"{path}: tensors that do not fit ResNet-18: {skipped[:5]}")
+    missing = [k for k in own if k not in usable and not k.startswith("fc.")]
+    if missing:
+        raise ValueError(f"{path}: ResNet-18 tensors missing from the file: {missing[:5]}")
+    net.load_state_dict(usable, strict=False)
+
+
+class ImageEncoder(nn.Module):
+    """(N, 3, h, w) image in [-1, 1] -> (N, feature_dim)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.backbone = _small_cnn(cfg) if cfg.backbone == "small_cnn" else _resnet18(cfg)
+        with torch.no_grad():
+            c, h, w = self.backbone(torch.zeros(1, 3, *cfg.crop_shape)).shape[1:]
+        self.pool = SpatialSoftmax(c, cfg.num_keypoints, h, w)
+        self.head = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, cfg.feature_dim), nn.Mish())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.backbone(x)))
+
+
+def crop_images(images: torch.Tensor, crop: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
+    """Crop (N, H, W, 3) uint8 images to (N, h, w, 3): random per image with a generator, else centred."""
+    n, height, width = images.shape[:3]
+    ch, cw = crop
+    if (ch, cw) == (height, width):
+        return images
+    if generator is None:
+        top, left = (height - ch) // 2, (width - cw) // 2
+        return images[:, top:top + ch, left:left + cw]
+    top = torch.randint(0, height - ch + 1, (n,), generator=generator, device=generator.device).to(images.device)
+    left = torch.randint(0, width - cw + 1, (n,), generator=generator, device=generator.device).to(images.device)
+    rows = (top[:, None] + torch.arange(ch, device=images.device))[:, :, None]  # (N, h, 1)
+    cols = (left[:, None] + torch.arange(cw, device=images.device))[:, None, :]  # (N, 1, w)
+    return images[torch.arange(n, device=images.device)[:, None, None], rows, cols]  # (N, h, w, 3)
+
+
+class ObsEncoder(nn.Module):
+    """Normalized observation window -> global condition (B, out_dim).
+
+    Inputs: images (B, To, H, W, 3) uint8 per camera key, low-dim keys (B, To, D) and
+    ``action_history`` (B, To, A) already normalized. Image features per frame are concatenated
+    with the low-dim features and the action history, then flattened over time.
+    """
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.cameras = nn.ModuleDict({k: ImageEncoder(cfg.encoder) for k in cfg.image_keys})
+        per_step = len(cfg.image_keys) * cfg.encoder.feature_dim + sum(cfg.lowdim_dims.values())
+        per_step += cfg.action_dim if cfg.use_action_history else 0
+        self.out_dim = cfg.n_obs_steps * per_step
+
+    def forward(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        from policy.keys import ACTION_HISTORY
+        from policy.normalizer import Normalizer
+
+        parts = []
+        for key, encoder in self.cameras.items():
+            img = obs[key]
+            b, t = img.shape[:2]
+            img = crop_images(img.flatten(0, 1), self.cfg.encoder.crop_shape, generator)  # (B*To, h, w, 3)
+            x = Normalizer.normalize_image(img).permute(0, 3, 1, 2)  # (B*To, 3, h, w)
+            parts.append(encoder(x.contiguous()).reshape(b, t, -1))  # (B, To, F)
+        parts += [obs[k] for k in self.cfg.lowdim_dims]  # (B, To, D)
+        if self.cfg.use_action_history:
+            parts.append(obs[ACTION_HISTORY])  # (B, To, A)
+        return torch.cat(parts, dim=-1).flatten(1)  # (B, To * per_step)

@@ -1,0 +1,69 @@
+"""The diffusion-policy network: observation encoder + conditional U-Net + objective."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from policy import keys
+from policy.config import PolicyConfig
+from policy.encoders import ObsEncoder
+from policy.normalizer import Normalizer
+from policy.objectives import make_objective
+from policy.unet import ConditionalUnet1D
+
+
+class DiffusionPolicyModel(nn.Module):
+    """Holds the trainable parts; works in normalized units."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ObsEncoder(cfg)
+        u = cfg.unet
+        self.net = ConditionalUnet1D(cfg.action_dim, self.encoder.out_dim, u.down_dims, u.kernel_size,
+                                     u.n_groups, u.step_embed_dim)
+        self.objective = make_objective(cfg.objective)
+
+    def loss(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalized obs window and actions (B, Tp, A) -> scalar training loss (random crops)."""
+        cond = self.encoder(obs, generator)  # (B, C)
+        return self.objective.loss(self.net, actions, cond, generator)
+
+    @torch.no_grad()
+    def sample(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
+               steps: int | None = None, sampler: str | None = None) -> torch.Tensor:
+        """Normalized obs window -> normalized action chunks (B, Tp, A) (centre crops)."""
+        o = self.cfg.objective
+        cond = self.encoder(obs, None)
+        shape = (self.cfg.chunk_len, self.cfg.action_dim)
+        return self.objective.sample(self.net, cond, shape, steps or o.num_inference_steps,
+                                     sampler or o.sampler, generator)
+
+
+def obs_keys(cfg: PolicyConfig) -> tuple[str, ...]:
+    """Keys of an observation window, in a fixed order."""
+    extra = (keys.ACTION_HISTORY,) if cfg.use_action_history else ()
+    return (*cfg.image_keys, *cfg.lowdim_dims, *extra)
+
+
+def to_model_inputs(batch: Mapping[str, np.ndarray | torch.Tensor], cfg: PolicyConfig, normalizer: Normalizer,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    """Robot-unit batch (B, To, ...) -> tensors the model takes: images stay uint8, the rest normalized.
+
+    ``action`` (B, Tp, A) is normalized too when present. The action history uses the action
+    statistics.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for k in cfg.image_keys:
+        out[k] = torch.as_tensor(batch[k]).to(device, non_blocking=True)
+    for k in cfg.lowdim_dims:
+        out[k] = normalizer.normalize(k, torch.as_tensor(batch[k]).to(device, torch.float32))
+    for k in (keys.ACTION_HISTORY, keys.ACTION):
+        if k in batch and (k == keys.ACTION or cfg.use_action_history):
+            out[k] = normalizer.normalize(keys.ACTION, torch.as_tensor(batch[k]).to(device, torch.float32))
+    return out

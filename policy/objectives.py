@@ -1,0 +1,132 @@
+"""Training objectives and their samplers behind one interface.
+
+- ``DDPMObjective``: epsilon prediction, squared-cosine noise schedule, sampled with DDPM
+  (ancestral, strided when fewer steps than training steps) or DDIM (deterministic, eta = 0).
+- ``FlowObjective``: flow matching on the linear path ``x_t = t * x_data + (1 - t) * noise``
+  with velocity prediction, sampled with Euler from t = 0 (noise) to t = 1 (data).
+
+Both work in normalized action units; ``net(x, timestep, cond)`` takes a timestep on the
+scale [0, num_train_timesteps) so both feed the same sinusoidal embedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from policy.config import ObjectiveConfig
+
+
+def squared_cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
+    """The squared-cosine ("squaredcos_cap_v2") schedule: (n,) float64 betas."""
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)],
+                        dtype=torch.float64)
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+class DDPMObjective:
+    """Epsilon-prediction diffusion; ``sample`` runs DDPM or DDIM."""
+
+    def __init__(self, cfg: ObjectiveConfig):
+        self.cfg = cfg
+        self.n_train = cfg.num_train_timesteps
+        betas = squared_cosine_betas(self.n_train)
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # (N,) float64
+
+    def loss(self, net: nn.Module, actions: torch.Tensor, cond: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """actions (B, T, A) normalized, cond (B, C) -> scalar MSE on the predicted noise."""
+        b = actions.shape[0]
+        t = (_rand((b,), generator, actions.device) * self.n_train).long().clamp_(max=self.n_train - 1)
+        noise = _randn(tuple(actions.shape), generator, actions.device)
+        ab = self.alphas_cumprod.to(actions.device)[t].float()[:, None, None]  # (B, 1, 1)
+        noisy = ab.sqrt() * actions + (1 - ab).sqrt() * noise
+        return F.mse_loss(net(noisy, t.float(), cond), noise)
+
+    def timesteps(self, steps: int) -> list[int]:
+        """Descending training timesteps visited by a sampler with ``steps`` steps."""
+        ratio = self.n_train // steps
+        return [int(i * ratio) for i in range(steps)][::-1]
+
+    @torch.no_grad()
+    def sample(self, net: nn.Module, cond: torch.Tensor, shape: tuple[int, int], steps: int, sampler: str,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """cond (B, C) -> actions (B, T, A) normalized, for ``shape`` = (T, A)."""
+        b = cond.shape[0]
+        x = _randn((b, *shape), generator, cond.device)
+        ab_all = self.alphas_cumprod.tolist()
+        ts = self.timesteps(steps)
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            ab, ab_prev = ab_all[t], (ab_all[t_prev] if t_prev >= 0 else 1.0)
+            eps = net(x, torch.full((b,), float(t), device=cond.device), cond)
+            x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+            if self.cfg.clip_sample:
+                x0 = x0.clamp(-1, 1)
+            if sampler == "ddim":
+                eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)  # consistent with the clipped x0
+                x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
+            else:  # ddpm: posterior q(x_prev | x_t, x0)
+                beta = 1 - ab / ab_prev
+                mean = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)) * x
+                x = mean
+                if t_prev >= 0:
+                    var = max((1 - ab_prev) / (1 - ab) * beta, 1e-20)
+                    x = mean + math.sqrt(var) * _randn(tuple(x.shape), generator, x.device)
+        return x
+
+
+class FlowObjective:
+    """Flow matching, linear path, velocity prediction; ``sample`` integrates with Euler."""
+
+    def __init__(self, cfg: ObjectiveConfig):
+        self.cfg = cfg
+        self.time_scale = float(cfg.num_train_timesteps)  # t in [0, 1] -> embedding scale
+
+    def _sample_t(self, b: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        u = _rand((b,), generator, device)
+        if self.cfg.flow_time_sampling == "beta":
+            # Beta(1.5, 1) via inverse CDF (u ** (1 / 1.5)), flipped: more weight near t = 0 (noise).
+            return (1 - u.pow(1 / 1.5)) * 0.999
+        return u
+
+    def loss(self, net: nn.Module, actions: torch.Tensor, cond: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """actions (B, T, A) normalized, cond (B, C) -> scalar MSE on the predicted velocity."""
+        b = actions.shape[0]
+        t = self._sample_t(b, generator, actions.device)
+        noise = _randn(tuple(actions.shape), generator, actions.device)
+        tt = t[:, None, None]  # (B, 1, 1)
+        x_t = tt * actions + (1 - tt) * noise
+        return F.mse_loss(net(x_t, t * self.time_scale, cond), actions - noise)
+
+    @torch.no_grad()
+    def sample(self, net: nn.Module, cond: torch.Tensor, shape: tuple[int, int], steps: int, sampler: str,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        b = cond.shape[0]
+        x = _randn((b, *shape), generator, cond.device)
+        dt = 1.0 / steps
+        for i in range(steps):
+            t = torch.full((b,), i * dt * self.time_scale, device=cond.device)
+            x = x + dt * net(x, t, cond)
+        return x.clamp(-1, 1) if self.cfg.clip_sample else x
+
+
+def make_objective(cfg: ObjectiveConfig) -> DDPMObjective | FlowObjective:
+    return DDPMObjective(cfg) if cfg.name == "ddpm" else FlowObjective(cfg)

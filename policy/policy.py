@@ -1,0 +1,105 @@
+"""``Policy``: a trained checkpoint behind the stateless ``ChunkPolicy`` interface (robot units)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policy import keys
+from policy.checkpoint import load_checkpoint
+from policy.config import SAMPLERS, PolicyConfig
+from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
+from policy.normalizer import Normalizer
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda, then mps, then cpu."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Policy:
+    """Observation window (robot units) -> action chunk (robot units). Holds no state between calls."""
+
+    def __init__(self, model: DiffusionPolicyModel, normalizer: Normalizer, cfg: PolicyConfig,
+                 device: torch.device | str = "cpu", num_inference_steps: int | None = None,
+                 sampler: str | None = None):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.normalizer = normalizer
+        self.n_obs_steps = cfg.n_obs_steps
+        self.chunk_len = cfg.chunk_len
+        self.action_dim = cfg.action_dim
+        self.obs_keys = obs_keys(cfg)
+        self.num_inference_steps = num_inference_steps or cfg.objective.num_inference_steps
+        self.sampler = sampler or cfg.objective.sampler
+        allowed = SAMPLERS[cfg.objective.name]
+        if self.sampler not in allowed:
+            raise ValueError(f"sampler {self.sampler!r} does not fit objective {cfg.objective.name!r}; "
+                             f"use one of {allowed}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto",
+                        num_inference_steps: int | None = None, sampler: str | None = None) -> Policy:
+        """Load a checkpoint folder (or a run folder's latest checkpoint); never unpickles."""
+        dev = resolve_device(device)
+        cfg, model, normalizer, _ = load_checkpoint(path, dev)
+        return cls(model, normalizer, cfg.policy, dev, num_inference_steps, sampler)
+
+    def _check_window(self, obs: Mapping[str, np.ndarray], batched: bool) -> None:
+        lead = 2 if batched else 1
+        for k in self.obs_keys:
+            if k not in obs:
+                raise KeyError(f"observation window is missing {k!r}; the policy needs {list(self.obs_keys)}")
+            a = np.asarray(obs[k])
+            if k in self.cfg.image_keys:
+                want: tuple[int, ...] = (*self.cfg.image_shape, 3)
+            elif k == keys.ACTION_HISTORY:
+                want = (self.action_dim,)
+            else:
+                want = (self.cfg.lowdim_dims[k],)
+            if a.ndim != lead + len(want) or a.shape[lead - 1] != self.n_obs_steps or tuple(a.shape[lead:]) != want:
+                expected = ("B, " if batched else "") + ", ".join(map(str, (self.n_obs_steps, *want)))
+                raise ValueError(f"observation {k!r}: expected shape ({expected}), got {a.shape}")
+            if k in self.cfg.image_keys:
+                if a.dtype != np.uint8:
+                    raise ValueError(f"observation {k!r}: expected uint8 images, got {a.dtype}")
+            elif not np.all(np.isfinite(a)):
+                raise ValueError(f"observation {k!r} contains NaN or inf")
+
+    @torch.inference_mode()
+    def predict_chunks(self, obs_batch: Mapping[str, np.ndarray], generator: torch.Generator | None = None,
+                       ) -> np.ndarray:
+        """Batch of windows, each key (B, To, ...) -> chunks (B, Tp, A) float32 in robot units."""
+        self._check_window(obs_batch, batched=True)
+        return self._sample(obs_batch, generator)
+
+    def _sample(self, obs_batch: Mapping[str, np.ndarray], generator: torch.Generator | None) -> np.ndarray:
+        inputs = to_model_inputs({k: np.asarray(obs_batch[k]) for k in self.obs_keys}, self.cfg,
+                                 self.normalizer, self.device)
+        actions = self.model.sample(inputs, generator, self.num_inference_steps, self.sampler)  # (B, Tp, A)
+        return self.normalizer.unnormalize(keys.ACTION, actions.float()).cpu().numpy().astype(np.float32)
+
+    def predict_chunk(self, obs_window: Mapping[str, np.ndarray], seed: int | None = None) -> np.ndarray:
+        """One window, each key (To, ...) -> chunk (Tp, A) float32 in robot units.
+
+        ``chunk[i]`` is the target for ``t_obs + i * dt``. ``seed`` makes the sample repeatable.
+        """
+        self._check_window(obs_window, batched=False)
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        batch = {k: np.asarray(obs_window[k])[None] for k in self.obs_keys}  # (1, To, ...)
+        with torch.inference_mode():
+            return self._sample(batch, gen)[0]

@@ -1,0 +1,27 @@
+"""The small interface the runtime uses to talk to a policy (no torch needed to import it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class ChunkPolicy(Protocol):
+    """Observation window in, action chunk out; stateless between calls.
+
+    ``obs_window`` maps each key in ``obs_keys`` to an array with a leading time axis of
+    ``n_obs_steps`` frames, oldest first: camera images (To, H, W, 3) uint8, low-dim state
+    (To, D) float, and ``action_history`` (To, A): the last actions actually sent to the robot
+    before the newest observation. The result is (chunk_len, action_dim) float32 in robot units;
+    row ``i`` is meant for ``t_obs + i * dt`` where ``t_obs`` is the newest observation's time.
+    """
+
+    n_obs_steps: int
+    chunk_len: int
+    action_dim: int
+    obs_keys: tuple[str, ...]
+
+    def predict_chunk(self, obs_window: Mapping[str, np.ndarray]) -> np.ndarray: ...

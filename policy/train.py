@@ -1,0 +1,285 @@
+"""Train a diffusion policy on a zarr replay buffer: ``python -m policy.train train.dataset=... ``.
+
+AdamW with linear warmup and cosine decay, EMA weights (used for validation, inference and saved),
+validation loss and the action MSE of sampled chunks every ``val_every`` steps, checkpoints every
+``ckpt_every`` steps and at the end, exact resume from ``<out_dir>/checkpoints/latest``. Batches
+and noise are drawn from generators seeded by (seed, epoch) and (seed, step), so a resumed run
+continues the same sequence as an uninterrupted one. Logs go to ``<out_dir>/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policy import keys
+from policy.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_checked,
+    load_train_state,
+    resolve_checkpoint_dir,
+    save_checkpoint,
+)
+from policy.config import Config
+from policy.data import ReplayBuffer, WindowSampler, split_episodes
+from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
+from policy.normalizer import Normalizer
+from policy.policy import resolve_device
+
+log = logging.getLogger("policy.train")
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``steps``."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
+    """EMA with warmup: decay = min(max_decay, (1 + step) / (10 + step))."""
+    decay = min(max_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        e, m = list(ema.parameters()), list(model.parameters())
+        torch._foreach_lerp_(e, m, 1 - decay)
+
+
+def batch_ids(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Sample ids of a training step: epochs are seeded permutations, batches consecutive slices."""
+    per_epoch = max(1, n // batch_size)  # drop the incomplete last batch
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    if n < batch_size:  # tiny datasets: repeat the permutation to fill a batch
+        perm = np.resize(perm, batch_size)
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+def dataset_fingerprint(rb: ReplayBuffer, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    h = hashlib.sha256(np.asarray(rb.episode_ends, np.int64).tobytes())
+    h.update(np.ascontiguousarray(arrays[keys.ACTION]).tobytes())
+    return {"path": str(rb.path.resolve()), "n_episodes": rb.n_episodes, "n_steps": rb.n_steps,
+            "episode_ends_actions_sha256": h.hexdigest(),
+            "shapes": {k: list(v.shape[1:]) for k, v in arrays.items()}}
+
+
+class Trainer:
+    """State of one training run (not a framework: it exists so the loop reads top to bottom)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        t, p = cfg.train, cfg.policy
+        if not t.dataset:
+            raise ValueError("train.dataset is empty: pass train.dataset=<path to the zarr replay buffer>")
+        self.out = Path(t.out_dir)
+        self.ckpt_dir = self.out / "checkpoints" / "latest"
+        has_ckpt = self.ckpt_dir.exists() or self.ckpt_dir.with_name("latest.old").exists()
+        if has_ckpt and not t.resume:
+            raise FileExistsError(f"{self.out} already holds a training run; pass train.resume=true to continue "
+                                  f"it or choose another train.out_dir (nothing was overwritten)")
+        self.device = resolve_device(t.device)
+        if t.num_threads > 0:
+            torch.set_num_threads(t.num_threads)
+        torch.manual_seed(t.seed)
+
+        rb = ReplayBuffer.open(t.dataset, "r")
+        rb.validate(p.dataset_spec())
+        if rb.n_episodes < 1:
+            raise ValueError(f"dataset {t.dataset} has no committed episodes")
+        self.obs_keys = [k for k in obs_keys(p) if k != keys.ACTION_HISTORY]
+        self.arrays = rb.load([*self.obs_keys, keys.ACTION])
+        train_ids, val_ids = split_episodes(rb.n_episodes, t.val_fraction, t.seed)
+        hist = p.n_obs_steps if p.use_action_history else 0
+        mk = lambda ids: WindowSampler(rb.episode_ends, ids, p.n_obs_steps, p.chunk_len, hist)  # noqa: E731
+        self.train_sampler = mk(train_ids)
+        self.val_sampler = mk(val_ids) if len(val_ids) else None
+        steps = self.train_sampler.step_indices()
+        self.normalizer = Normalizer.fit({k: self.arrays[k][steps] for k in [*p.lowdim_dims, keys.ACTION]})
+        self.meta = {"dataset": dataset_fingerprint(rb, self.arrays),
+                     "train_episodes": train_ids.tolist(), "val_episodes": val_ids.tolist(),
+                     "obs_keys": list(obs_keys(p)), "n_obs_steps": p.n_obs_steps, "chunk_len": p.chunk_len,
+                     "action_dim": p.action_dim}
+
+        self.model = DiffusionPolicyModel(p).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.optim = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.step = 0
+        if t.resume and has_ckpt:
+            self._resume()
+        if t.compile:
+            self.model.compile()
+            self.ema.compile()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_file = (self.out / "log.jsonl").open("a")
+        n_params = sum(x.numel() for x in self.model.parameters())
+        log.info("dataset %s: %d episodes (%d train, %d val), %d train windows; model %.2f M parameters on %s",
+                 t.dataset, rb.n_episodes, len(train_ids), len(val_ids), len(self.train_sampler), n_params / 1e6,
+                 self.device)
+
+    def _resume(self) -> None:
+        cfg, ema, normalizer, meta = load_checkpoint(self.out / "checkpoints", "cpu")
+        if cfg.policy != self.cfg.policy:
+            raise CheckpointError(f"cannot resume {self.out}: the policy config differs from the checkpoint's "
+                                  f"(saved: {cfg.policy}, now: {self.cfg.policy})")
+        if meta["dataset"]["episode_ends_actions_sha256"] != self.meta["dataset"]["episode_ends_actions_sha256"]:
+            raise CheckpointError(f"cannot resume {self.out}: the dataset differs from the one it was trained on "
+                                  f"({meta['dataset']['path']})")
+        tensors, state = load_train_state(resolve_checkpoint_dir(self.out))
+        load_state_checked(self.ema, ema.state_dict(), "checkpoint EMA weights")
+        load_state_checked(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                           "train_state.safetensors")
+        params = list(self.model.parameters())
+        for i, p in enumerate(params):
+            st = self.optim.state[p]
+            st["step"] = torch.tensor(float(state["optim_step"]))
+            st["exp_avg"] = tensors[f"optim.{i}.exp_avg"].to(self.device)
+            st["exp_avg_sq"] = tensors[f"optim.{i}.exp_avg_sq"].to(self.device)
+        self.normalizer = normalizer
+        self.step = int(state["step"])
+        log.info("resumed %s at step %d", self.out, self.step)
+
+    def _train_state(self) -> dict[str, Any]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optim_step = 0
+        for i, p in enumerate(self.model.parameters()):
+            st = self.optim.state.get(p)
+            if st:
+                tensors[f"optim.{i}.exp_avg"] = st["exp_avg"]
+                tensors[f"optim.{i}.exp_avg_sq"] = st["exp_avg_sq"]
+                optim_step = int(st["step"])
+        return {"tensors": tensors, "json": {"step": self.step, "optim_step": optim_step}}
+
+    def save(self) -> Path:
+        meta = {**self.meta, "step": self.step}
+        return save_checkpoint(self.ckpt_dir, self.cfg, self.ema, self.normalizer, meta, self._train_state())
+
+    def _batch(self, sampler: WindowSampler, ids: np.ndarray) -> dict[str, torch.Tensor]:
+        raw = sampler.gather(self.arrays, ids, self.obs_keys)  # each (B, To, ...), action (B, Tp, A)
+        return to_model_inputs(raw, self.cfg.policy, self.normalizer, self.device)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.train.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> float:
+        t = self.cfg.train
+        ids = batch_ids(self.step, len(self.train_sampler), t.batch_size, t.seed)
+        batch = self._batch(self.train_sampler, ids)
+        gen = torch.Generator(device=self.device).manual_seed(t.seed * 1_000_003 + self.step)
+        for group in self.optim.param_groups:
+            group["lr"] = lr_at(self.step, self.cfg)
+        self.model.train()
+        with self._autocast():
+            loss = self.model.loss(batch, batch[keys.ACTION], gen)
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optim.step()
+        ema_update(self.ema, self.model, self.step, t.ema_decay)
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """EMA model: denoising loss on held-out windows, and MSE of sampled chunks against the demo."""
+        t = self.cfg.train
+        sampler, split = (self.val_sampler, "val") if self.val_sampler is not None else (self.train_sampler, "train")
+        order = np.random.default_rng([t.seed, 7]).permutation(len(sampler))
+        losses = []
+        for i in range(t.val_batches):
+            ids = order[i * t.batch_size:(i + 1) * t.batch_size]
+            if len(ids) == 0:
+                break
+            batch = self._batch(sampler, ids)
+            gen = torch.Generator(device=self.device).manual_seed(t.seed + 12345 + i)
+            with self._autocast():
+                losses.append(float(self.ema.loss(batch, batch[keys.ACTION], gen)))
+        ids = order[:t.batch_size]
+        batch = self._batch(sampler, ids)
+        gen = torch.Generator(device=self.device).manual_seed(t.seed + 54321)
+        with self._autocast():
+            pred = self.ema.sample(batch, gen).float()  # (B, Tp, A) normalized
+        target = batch[keys.ACTION]
+        pred_robot = self.normalizer.unnormalize(keys.ACTION, pred)
+        target_robot = self.normalizer.unnormalize(keys.ACTION, target)
+        return {f"{split}_loss": float(np.mean(losses)),
+                f"{split}_action_mse_normalized": float(((pred - target) ** 2).mean()),
+                f"{split}_action_mse": float(((pred_robot - target_robot) ** 2).mean())}
+
+    def write_log(self, record: dict[str, Any]) -> None:
+        self.log_file.write(json.dumps({"step": self.step, "time": time.time(), **record}) + "\n")
+        self.log_file.flush()
+
+    def run(self) -> Path:
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True, desc="train")
+        window_t, window_n, loss_sum = time.perf_counter(), 0, 0.0
+        try:
+            while self.step < t.steps:
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss} at step {self.step}; the last checkpoint "
+                                             f"in {self.ckpt_dir} is kept (try a lower train.lr)")
+                window_n += 1
+                loss_sum += loss
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    dt = time.perf_counter() - window_t
+                    rec = {"loss": loss_sum / window_n, "lr": lr_at(self.step - 1, self.cfg),
+                           "samples_per_s": window_n * t.batch_size / dt}
+                    self.write_log(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.0f}")
+                    window_t, window_n, loss_sum = time.perf_counter(), 0, 0.0
+                if self.step % t.val_every == 0 or self.step == t.steps:
+                    rec = self.validate()
+                    self.write_log(rec)
+                    log.info("step %d: %s", self.step, ", ".join(f"{k}={v:.5f}" for k, v in rec.items()))
+                    window_t = time.perf_counter()
+                if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                    self.save()
+                    window_t = time.perf_counter()
+        finally:
+            bar.close()
+            self.log_file.close()
+        return self.ckpt_dir
+
+
+def train(cfg: Config) -> Path:
+    """Run training to ``cfg.train.steps``; returns the latest checkpoint folder."""
+    return Trainer(cfg).run()
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from policy.config_utils import from_dict
+
+    @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "configs"), config_name="train",
+                version_base="1.3")
+    def _main(dcfg: DictConfig) -> None:
+        data = OmegaConf.to_container(dcfg, resolve=True)
+        ckpt = train(from_dict(Config, data))
+        print(f"checkpoint: {ckpt}")
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()
