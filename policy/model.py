@@ -31,7 +31,7 @@ class DiffusionPolicyModel(nn.Module):
     def loss(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalized obs window and actions (B, Tp, A) -> scalar training loss (random crops)."""
-        cond = self.encoder(obs, generator)  # (B, C)
+        cond = self.net.prepare_condition(self.encoder(obs, generator))  # (B, FiLM)
         return self.objective.loss(self.net, actions, cond, generator)
 
     @torch.no_grad()
@@ -39,7 +39,7 @@ class DiffusionPolicyModel(nn.Module):
                steps: int | None = None, sampler: str | None = None) -> torch.Tensor:
         """Normalized obs window -> normalized action chunks (B, Tp, A) (centre crops)."""
         o = self.cfg.objective
-        cond = self.encoder(obs, None)
+        cond = self.net.prepare_condition(self.encoder(obs, None))  # (B, FiLM), once for all steps
         shape = (self.cfg.chunk_len, self.cfg.action_dim)
         return self.objective.sample(self.net, cond, shape, steps or o.num_inference_steps,
                                      sampler or o.sampler, generator)

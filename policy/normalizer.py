@@ -24,6 +24,7 @@ class Normalizer:
         self.stats = {k: {"min": np.asarray(v["min"], np.float32), "max": np.asarray(v["max"], np.float32)}
                       for k, v in stats.items()}
         self._scale: dict[str, np.ndarray] = {}
+        self._inv_scale: dict[str, np.ndarray] = {}
         self._offset: dict[str, np.ndarray] = {}
         for k, s in self.stats.items():
             if s["min"].shape != s["max"].shape:
@@ -32,10 +33,12 @@ class Normalizer:
                 raise ValueError(f"normalizer key {k!r}: statistics are not finite")
             rng = s["max"] - s["min"]
             const = rng < RANGE_EPS
-            # constant dimensions: centre on the value, unit scale (so they map to 0, not to NaN)
+            # constant dimensions: centre on the value with unit scale (so they map to 0, not to NaN), and
+            # unnormalize to exactly that value: what never varied in the demos is never predicted to vary
             self._scale[k] = np.where(const, 1.0, 2.0 / np.where(const, 1.0, rng)).astype(np.float32)
+            self._inv_scale[k] = np.where(const, 0.0, 1.0 / self._scale[k]).astype(np.float32)
             self._offset[k] = np.where(const, s["min"], (s["max"] + s["min"]) / 2).astype(np.float32)
-        self._torch_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._torch_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, ...]] = {}
 
     @classmethod
     def fit(cls, arrays: Mapping[str, np.ndarray]) -> Normalizer:
@@ -53,24 +56,24 @@ class Normalizer:
     def keys(self) -> list[str]:
         return list(self.stats)
 
-    def _params(self, key: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _params(self, key: str, device: torch.device) -> tuple[torch.Tensor, ...]:
         if key not in self.stats:
             raise KeyError(f"normalizer has no statistics for {key!r}; it has {self.keys()}")
         cached = self._torch_cache.get((key, device))
         if cached is None:
-            cached = (torch.from_numpy(self._scale[key]).to(device), torch.from_numpy(self._offset[key]).to(device))
+            cached = tuple(torch.from_numpy(a[key]).to(device) for a in (self._scale, self._inv_scale, self._offset))
             self._torch_cache[(key, device)] = cached
         return cached
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         """Robot units -> normalized units; last axis is the feature axis."""
-        scale, offset = self._params(key, x.device)
+        scale, _, offset = self._params(key, x.device)
         return (x - offset) * scale
 
     def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         """Normalized units -> robot units."""
-        scale, offset = self._params(key, x.device)
-        return x / scale + offset
+        _, inv_scale, offset = self._params(key, x.device)
+        return x * inv_scale + offset
 
     @staticmethod
     def normalize_image(x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -38,28 +39,32 @@ class Conv1dBlock(nn.Sequential):
 
 
 class FiLMResBlock(nn.Module):
-    """Two conv blocks; the first one's output is scaled and shifted by FiLM(cond)."""
+    """Two conv blocks; the first one's output is scaled and shifted by a FiLM (scale, bias) pair.
 
-    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel_size: int, n_groups: int):
+    The FiLM parameters come from the U-Net, which computes those of all blocks in two matmuls.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, n_groups: int):
         super().__init__()
         self.block1 = Conv1dBlock(c_in, c_out, kernel_size, n_groups)
         self.block2 = Conv1dBlock(c_out, c_out, kernel_size, n_groups)
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
         self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
         self.c_out = c_out
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        # x: (B, C_in, T), cond: (B, cond_dim)
-        h = self.block1(x)  # (B, C_out, T)
-        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)  # 2 x (B, C_out, 1)
-        h = h * (1 + scale) + bias
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        # x: (B, C_in, T), film: (B, 2 * C_out)
+        scale, bias = film.unsqueeze(-1).chunk(2, dim=1)  # 2 x (B, C_out, 1)
+        h = self.block1(x) * (1 + scale) + bias  # (B, C_out, T)
         return self.block2(h) + self.residual(x)
 
 
 class ConditionalUnet1D(nn.Module):
-    """Noisy action chunk (B, T, A), timestep (B,), condition (B, C) -> (B, T, A).
+    """Noisy action chunk (B, T, A), timestep (B,), condition -> (B, T, A).
 
-    T must be divisible by 2 ** (len(down_dims) - 1).
+    T must be divisible by 2 ** (len(down_dims) - 1). The FiLM input of every block is
+    ``Mish([step_embedding, global_cond])``; because Mish is elementwise, the FiLM linear map splits
+    into a step part and an observation part. ``prepare_condition`` computes the observation part
+    of all blocks once, so a sampler pays only for the step part at each denoising step.
     """
 
     def __init__(self, action_dim: int, global_cond_dim: int, down_dims: tuple[int, ...] = (64, 128, 256),
@@ -71,13 +76,12 @@ class ConditionalUnet1D(nn.Module):
             nn.Mish(),
             nn.Linear(4 * step_embed_dim, step_embed_dim),
         )
-        cond_dim = step_embed_dim + global_cond_dim
         dims = (action_dim, *down_dims)
         pairs = list(zip(dims[:-1], dims[1:]))
         last = len(pairs) - 1
 
         def res(ci: int, co: int) -> FiLMResBlock:
-            return FiLMResBlock(ci, co, cond_dim, kernel_size, n_groups)
+            return FiLMResBlock(ci, co, kernel_size, n_groups)
 
         self.down = nn.ModuleList()
         for i, (ci, co) in enumerate(pairs):
@@ -93,18 +97,27 @@ class ConditionalUnet1D(nn.Module):
             Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
             nn.Conv1d(down_dims[0], action_dim, 1),
         )
+        self._film_sizes = [2 * m.c_out for m in self.modules() if isinstance(m, FiLMResBlock)]
+        self.film_step = nn.Linear(step_embed_dim, sum(self._film_sizes))
+        self.film_obs = nn.Linear(global_cond_dim, sum(self._film_sizes), bias=False)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+    def prepare_condition(self, global_cond: torch.Tensor) -> torch.Tensor:
+        """(B, C) observation features -> (B, sum of FiLM sizes): their share of every block's FiLM."""
+        return self.film_obs(F.mish(global_cond))
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``cond`` is the output of ``prepare_condition``."""
+        film = self.film_step(F.mish(self.step_encoder(timestep))) + cond  # (B, sum of FiLM sizes)
+        films = iter(film.split(self._film_sizes, dim=1))
         x = x.transpose(1, 2)  # (B, A, T)
-        cond = torch.cat([self.step_encoder(timestep), global_cond], dim=-1)  # (B, cond_dim)
         skips = []
         for block1, block2, downsample in self.down:
-            x = block2(block1(x, cond), cond)
+            x = block2(block1(x, next(films)), next(films))
             skips.append(x)
             x = downsample(x)
         for block in self.mid:
-            x = block(x, cond)
+            x = block(x, next(films))
         for block1, block2, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)  # (B, 2C, T')
-            x = upsample(block2(block1(x, cond), cond))
+            x = upsample(block2(block1(x, next(films)), next(films)))
         return self.final(x).transpose(1, 2)  # (B, T, A)

@@ -75,14 +75,14 @@ class ReplayBuffer:
         """Use ``ReplayBuffer.create`` or ``ReplayBuffer.open`` instead."""
         self.path = path
         self.read_only = read_only
-        self._root = root
         self._data: zarr.Group = root["data"]  # type: ignore[assignment]
         self._ends_arr: zarr.Array = root["meta/episode_ends"]  # type: ignore[assignment]
         self._arrays: dict[str, zarr.Array] = dict(self._data.arrays())
         raw = np.asarray(self._ends_arr[:])
         if raw.ndim != 1 or raw.dtype.kind not in "iu":
             raise DatasetError(
-                f"dataset {path}: meta/episode_ends must be a 1-D integer array, found {raw.dtype} {raw.shape}"
+                f"dataset {path}: meta/episode_ends must be a 1-D integer array, "
+                f"found {raw.dtype} {raw.shape}"
             )
         max_len = min((a.shape[0] for a in self._arrays.values()), default=0)
         self._ends = _committed_ends(raw.astype(np.int64), max_len)
@@ -110,7 +110,7 @@ class ReplayBuffer:
         if mode == "a" and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
             return cls.create(path)
         if not path.is_dir():
-            raise DatasetError(f"dataset {path}: no such directory")
+            raise DatasetError(f"dataset {path}: no such directory (missing, or not a directory)")
         missing = [p for p in ("zarr.json", "data/zarr.json", "meta/episode_ends/zarr.json")
                    if not (path / p).is_file()]
         if missing:
@@ -119,8 +119,10 @@ class ReplayBuffer:
         try:
             root = zarr.open_group(LocalStore(path, read_only=(mode == "r")), mode=mode, zarr_format=3)
             return cls(path, root, read_only=(mode == "r"))
-        except (KeyError, TypeError, zarr.errors.BaseZarrError) as e:
-            raise DatasetError(f"dataset {path}: cannot open as a zarr v3 replay buffer: {e}") from e
+        except DatasetError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, zarr.errors.BaseZarrError) as e:
+            raise DatasetError(f"dataset {path}: cannot open as a zarr v3 replay buffer: {e!r}") from e
 
     # ----------------------------------------------------------------- read
 
@@ -177,12 +179,16 @@ class ReplayBuffer:
         return {k: self._arrays[k][:n] for k in self._check_keys(keys)}
 
     def validate(self, spec: Mapping[str, tuple[tuple[int, ...], np.dtype | str]]) -> None:
-        """Check that each ``key -> (frame_shape, dtype)`` in ``spec`` is stored as such; extra keys are fine."""
+        """Check that each ``key -> (frame_shape, dtype)`` of ``spec`` is stored so; extra keys are fine.
+
+        Raises DatasetError naming the key, the expected and the found ``(T, ...) dtype``.
+        """
         for key, (shape, dtype) in spec.items():
             expected = _frame_str(tuple(shape), dtype)
             if key not in self._arrays:
                 raise DatasetError(
-                    f"dataset {self.path}: missing key '{key}' (expected shape {expected}); found keys: {self.keys}"
+                    f"dataset {self.path}: missing key '{key}' (expected shape {expected}); "
+                    f"found keys: {self.keys}"
                 )
             arr = self._arrays[key]
             found = _frame_str(tuple(arr.shape[1:]), arr.dtype)
@@ -243,7 +249,7 @@ class ReplayBuffer:
 
     def _trim(self) -> None:
         """Drop anything past the committed episodes (left by a crash) from the store."""
-        n, n_ep = self.n_steps, self.n_episodes
+        n_ep = self.n_episodes
         if self._ends_arr.shape[0] != n_ep:
             self._ends_arr[n_ep:] = 0  # zero stale entries kept in a partial chunk, then shrink
             self._ends_arr.resize((n_ep,))
@@ -251,14 +257,12 @@ class ReplayBuffer:
             for k in list(self._arrays):
                 del self._data[k]
             self._arrays.clear()
-        for arr in self._arrays.values():
-            if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
+        # uncommitted data past n_steps is dropped when add_episode resizes each array to n_steps + T
 
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> int:
         """Append and commit one episode {key: (T, *frame_shape)}; returns its episode index."""
         if self.read_only:
-            raise DatasetError(f"dataset {self.path}: opened read-only, cannot add_episode (open with mode='a')")
+            raise DatasetError(f"dataset {self.path}: opened read-only, cannot add_episode (use mode='a')")
         arrays, T = self._prepare(episode)
         self._trim()
         n = self.n_steps
@@ -271,7 +275,7 @@ class ReplayBuffer:
                     compressors=_codec(image),
                 )
             arr = self._arrays[k]
-            arr.resize((n + T, *a.shape[1:]))
+            arr.resize((n + T, *a.shape[1:]))  # also drops uncommitted data left by a crash
             arr[n:n + T] = a
         i = self.n_episodes  # 2) commit: episode_ends last
         self._ends_arr.resize((i + 1,))

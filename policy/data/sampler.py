@@ -76,7 +76,9 @@ class WindowSampler:
             raise ValueError(f"episode_ids must be in [0, {len(ends)}), got min {ids.min()}, max {ids.max()}")
         if len(np.unique(ids)) != len(ids):
             raise ValueError("episode_ids contains duplicates")
-        self.n_obs_steps, self.chunk_len, self.history_len = int(n_obs_steps), int(chunk_len), int(history_len)
+        self.n_obs_steps = int(n_obs_steps)  # To
+        self.chunk_len = int(chunk_len)  # Tp
+        self.history_len = int(history_len)  # Th
         self.episode_ids = ids
 
         starts = np.concatenate([[0], ends[:-1]])[ids]  # (n_sel,)
@@ -101,7 +103,9 @@ class WindowSampler:
         """Global time indices for a batch: {"obs": (B, To), "action": (B, Tp), "history": (B, Th)}."""
         ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)  # (B,)
         if ids.size and (ids.min() < -len(self) or ids.max() >= len(self)):
-            raise IndexError(f"sample_ids must be in [-{len(self)}, {len(self)}), got {ids.min()}..{ids.max()}")
+            raise IndexError(
+                f"sample_ids out of range [-{len(self)}, {len(self)}): min {ids.min()}, max {ids.max()}"
+            )
         t, s, e = self._t[ids, None], self._start[ids, None], self._stop[ids, None]  # (B, 1) each
         To, Tp, Th = self.n_obs_steps, self.chunk_len, self.history_len
         return {

@@ -23,8 +23,9 @@ def make_episode(i: int, T: int, hw: tuple[int, int] = (6, 8)) -> dict[str, np.n
     """Deterministic episode content derived from the episode index ``i``."""
     H, W = hw
     t = np.arange(T)
-    base = ((np.arange(H)[:, None, None] * 3 + np.arange(W)[:, None] * 5 + np.arange(3)) % 256).astype(np.uint8)
-    img = base[None] + ((i * 31 + t) % 256).astype(np.uint8)[:, None, None, None]  # (T, H, W, 3), wraps mod 256
+    base = (np.arange(H)[:, None, None] * 3 + np.arange(W)[:, None] * 5 + np.arange(3)) % 256  # (H, W, 3)
+    shift = ((i * 31 + t) % 256).astype(np.uint8)[:, None, None, None]  # (T, 1, 1, 1)
+    img = base.astype(np.uint8)[None] + shift  # (T, H, W, 3), uint8 wraps mod 256
     return {
         "scene_rgb": img,
         "wrist_rgb": 255 - img,
@@ -192,7 +193,7 @@ def test_crash_sigkill_mid_episode(tmp_path: Path) -> None:
 def _grow_data_by_hand(path: Path, n_extra: int) -> None:
     """Simulate a crash after the data arrays were written but before episode_ends was."""
     group = zarr.open_group(path, mode="a")
-    for name, arr in group["data"].arrays():
+    for _, arr in group["data"].arrays():
         n = arr.shape[0]
         arr.resize((n + n_extra, *arr.shape[1:]))
         arr[n:] = 7 if arr.dtype != np.uint8 else 200
