@@ -50,7 +50,7 @@ class EncoderConfig:
 class UNetConfig:
     """Conditional 1D temporal U-Net."""
 
-    down_dims: tuple[int, ...] = (64, 128, 256)
+    down_dims: tuple[int, ...] = (64, 128)
     kernel_size: int = 5
     n_groups: int = 8
     step_embed_dim: int = 64  # sinusoidal diffusion-step embedding width

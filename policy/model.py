@@ -29,10 +29,13 @@ class DiffusionPolicyModel(nn.Module):
         self.objective = make_objective(cfg.objective)
 
     def loss(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalized obs window and actions (B, Tp, A) -> scalar training loss (random crops)."""
+             generator: torch.Generator | None = None, dim_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalized obs window and actions (B, Tp, A) -> scalar training loss (random crops).
+
+        ``dim_weight`` (A,) is 0 for action dimensions the loss ignores (constant in the data).
+        """
         cond = self.net.prepare_condition(self.encoder(obs, generator))  # (B, FiLM)
-        return self.objective.loss(self.net, actions, cond, generator)
+        return self.objective.loss(self.net, actions, cond, generator, dim_weight)
 
     @torch.no_grad()
     def sample(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,

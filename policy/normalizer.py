@@ -53,6 +53,10 @@ class Normalizer:
             stats[k] = {"min": a.min(axis=0), "max": a.max(axis=0)}
         return cls(stats)
 
+    def varying(self, key: str) -> np.ndarray:
+        """(D,) bool: dimensions of ``key`` that vary in the training data (False for constant ones)."""
+        return self._inv_scale[key] != 0
+
     def keys(self) -> list[str]:
         return list(self.stats)
 

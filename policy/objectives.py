@@ -5,7 +5,9 @@
 - ``FlowObjective``: flow matching on the linear path ``x_t = t * x_data + (1 - t) * noise``
   with velocity prediction, sampled with Euler from t = 0 (noise) to t = 1 (data).
 
-Both work in normalized action units; ``net(x, timestep, cond)`` takes a timestep on the
+Both work in normalized action units; the loss skips action dimensions that are constant in the
+training data (``dim_weight``), since the normalizer maps their predictions back to the constant.
+ ``net(x, timestep, cond)`` takes a timestep on the
 scale [0, num_train_timesteps) so both feed the same sinusoidal embedding.
 """
 
@@ -30,6 +32,14 @@ def squared_cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
                         dtype=torch.float64)
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, dim_weight: torch.Tensor | None) -> torch.Tensor:
+    """MSE over (B, T, A), counting only the action dimensions with weight 1 in ``dim_weight`` (A,)."""
+    if dim_weight is None:
+        return F.mse_loss(pred, target)
+    sq = (pred - target) ** 2 * dim_weight  # (B, T, A)
+    return sq.sum() / (dim_weight.sum().clamp(min=1) * pred.shape[0] * pred.shape[1])
+
+
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
@@ -50,14 +60,14 @@ class DDPMObjective:
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # (N,) float64
 
     def loss(self, net: nn.Module, actions: torch.Tensor, cond: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, dim_weight: torch.Tensor | None = None) -> torch.Tensor:
         """actions (B, T, A) normalized, cond (B, C) -> scalar MSE on the predicted noise."""
         b = actions.shape[0]
         t = (_rand((b,), generator, actions.device) * self.n_train).long().clamp_(max=self.n_train - 1)
         noise = _randn(tuple(actions.shape), generator, actions.device)
         ab = self.alphas_cumprod.to(actions.device)[t].float()[:, None, None]  # (B, 1, 1)
         noisy = ab.sqrt() * actions + (1 - ab).sqrt() * noise
-        return F.mse_loss(net(noisy, t.float(), cond), noise)
+        return masked_mse(net(noisy, t.float(), cond), noise, dim_weight)
 
     def timesteps(self, steps: int) -> list[int]:
         """Descending training timesteps visited by a sampler with ``steps`` steps."""
@@ -107,14 +117,14 @@ class FlowObjective:
         return u
 
     def loss(self, net: nn.Module, actions: torch.Tensor, cond: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, dim_weight: torch.Tensor | None = None) -> torch.Tensor:
         """actions (B, T, A) normalized, cond (B, C) -> scalar MSE on the predicted velocity."""
         b = actions.shape[0]
         t = self._sample_t(b, generator, actions.device)
         noise = _randn(tuple(actions.shape), generator, actions.device)
         tt = t[:, None, None]  # (B, 1, 1)
         x_t = tt * actions + (1 - tt) * noise
-        return F.mse_loss(net(x_t, t * self.time_scale, cond), actions - noise)
+        return masked_mse(net(x_t, t * self.time_scale, cond), actions - noise, dim_weight)
 
     @torch.no_grad()
     def sample(self, net: nn.Module, cond: torch.Tensor, shape: tuple[int, int], steps: int, sampler: str,

@@ -35,6 +35,7 @@ from policy.config import Config
 from policy.data import ReplayBuffer, WindowSampler, split_episodes
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
 from policy.normalizer import Normalizer
+from policy.objectives import masked_mse
 from policy.policy import resolve_device
 
 log = logging.getLogger("policy.train")
@@ -118,6 +119,7 @@ class Trainer:
         self.step = 0
         if t.resume and has_ckpt:
             self._resume()
+        self.dim_weight = torch.from_numpy(self.normalizer.varying(keys.ACTION).astype(np.float32)).to(self.device)
         if t.compile:
             self.model.compile()
             self.ema.compile()
@@ -183,7 +185,7 @@ class Trainer:
             group["lr"] = lr_at(self.step, self.cfg)
         self.model.train()
         with self._autocast():
-            loss = self.model.loss(batch, batch[keys.ACTION], gen)
+            loss = self.model.loss(batch, batch[keys.ACTION], gen, self.dim_weight)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:
@@ -207,7 +209,7 @@ class Trainer:
             batch = self._batch(sampler, ids)
             gen = torch.Generator(device=self.device).manual_seed(t.seed + 12345 + i)
             with self._autocast():
-                losses.append(float(self.ema.loss(batch, batch[keys.ACTION], gen)))
+                losses.append(float(self.ema.loss(batch, batch[keys.ACTION], gen, self.dim_weight)))
         ids = order[:t.batch_size]
         batch = self._batch(sampler, ids)
         gen = torch.Generator(device=self.device).manual_seed(t.seed + 54321)
@@ -217,7 +219,7 @@ class Trainer:
         pred_robot = self.normalizer.unnormalize(keys.ACTION, pred)
         target_robot = self.normalizer.unnormalize(keys.ACTION, target)
         return {f"{split}_loss": float(np.mean(losses)),
-                f"{split}_action_mse_normalized": float(((pred - target) ** 2).mean()),
+                f"{split}_action_mse_normalized": float(masked_mse(pred, target, self.dim_weight)),
                 f"{split}_action_mse": float(((pred_robot - target_robot) ** 2).mean())}
 
     def write_log(self, record: dict[str, Any]) -> None:

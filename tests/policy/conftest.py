@@ -21,7 +21,7 @@ def tiny_policy_config(**overrides) -> PolicyConfig:
         image_shape=(32, 32),
         encoder=EncoderConfig(channels=(16, 16), stem_stride=2, crop_shape=(28, 28), feature_dim=32,
                               num_keypoints=16),
-        unet=UNetConfig(down_dims=(32, 64), kernel_size=3, step_embed_dim=32),
+        unet=UNetConfig(down_dims=(64, 128), kernel_size=3, step_embed_dim=32),
         objective=ObjectiveConfig(name="flow", sampler="euler", num_inference_steps=4),
         chunk_len=8,
     )
