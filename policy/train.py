@@ -131,7 +131,7 @@ class Trainer:
                  self.device)
 
     def _resume(self) -> None:
-        cfg, ema, normalizer, meta = load_checkpoint(self.out / "checkpoints", "cpu")
+        cfg, ema, normalizer, meta = load_checkpoint(self.out, "cpu")
         if cfg.policy != self.cfg.policy:
             raise CheckpointError(f"cannot resume {self.out}: the policy config differs from the checkpoint's "
                                   f"(saved: {cfg.policy}, now: {self.cfg.policy})")

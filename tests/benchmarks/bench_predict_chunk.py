@@ -1,0 +1,190 @@
+"""Latency of ``Policy.predict_chunk`` on the CPU for the default config and each sampler.
+
+    python tests/benchmarks/bench_predict_chunk.py [--quick] [--out FILE.json] [--threads N]
+
+One observation window (two 96x96 cameras, the default config's To and chunk length, batch 1)
+taken from a synthetic episode; untrained weights (latency does not depend on them). Each
+variant gets 10 warm-up calls, then ``--calls`` timed calls (time.perf_counter around
+``predict_chunk`` only). The encoder alone and one U-Net step are timed too, to show where the
+time goes. Figures go to tests/benchmarks/results/predict_chunk.json (see DESIGN.md, style 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import (
+    DEFAULT_POLICY_YAML,
+    finish,
+    latency_stats_ms,
+    load_default_policy_dict,
+    machine_info,
+    parse_args,
+    print_table,
+)
+
+from policy import keys
+from policy.config import PolicyConfig
+from policy.config_utils import from_dict
+from policy.data import ReplayBuffer, WindowSampler
+from policy.data.synthetic import make_synthetic_dataset
+from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
+from policy.normalizer import Normalizer
+from policy.policy import Policy
+
+TARGET_DEFAULT_MS = 20.0  # the issue's target for the default config's median predict_chunk latency
+WARMUP_CALLS = 10
+# name -> objective overrides applied to the default config
+SAMPLERS: dict[str, dict[str, Any]] = {
+    "ddim10": {"name": "ddpm", "sampler": "ddim", "num_inference_steps": 10},
+    "ddim4": {"name": "ddpm", "sampler": "ddim", "num_inference_steps": 4},
+    "flow10": {"name": "flow", "sampler": "euler", "num_inference_steps": 10},
+    "flow4": {"name": "flow", "sampler": "euler", "num_inference_steps": 4},
+    "ddpm100": {"name": "ddpm", "sampler": "ddpm", "num_inference_steps": 100},
+}
+
+
+def sampler_name(cfg: PolicyConfig) -> str:
+    """Short name of a config's sampler and step count, as in SAMPLERS: flow4, ddim10, ddpm100."""
+    o = cfg.objective
+    return f"{'flow' if o.name == 'flow' else o.sampler}{o.num_inference_steps}"
+
+
+def with_objective(base: dict[str, Any], **objective: Any) -> PolicyConfig:
+    data = copy.deepcopy(base)
+    data["objective"] = {**data.get("objective", {}), **objective}
+    return from_dict(PolicyConfig, data)
+
+
+def observation_window(cfg: PolicyConfig, tmp: Path) -> tuple[dict[str, np.ndarray], Normalizer]:
+    """A window from the middle of a synthetic episode (robot units), and a normalizer fitted on the data."""
+    make_synthetic_dataset(tmp / "demos.zarr", n_episodes=4, episode_len=40, image_shape=cfg.image_shape)
+    rb = ReplayBuffer.open(tmp / "demos.zarr", "r")
+    arrays = rb.load()
+    normalizer = Normalizer.fit({k: arrays[k] for k in [*cfg.lowdim_dims, keys.ACTION]})
+    hist = cfg.n_obs_steps if cfg.use_action_history else 0
+    sampler = WindowSampler(rb.episode_ends, [0], cfg.n_obs_steps, cfg.chunk_len, hist)
+    data_keys = [k for k in obs_keys(cfg) if k != keys.ACTION_HISTORY]
+    batch = sampler.gather(arrays, np.array([20]), data_keys)  # each (1, To, ...)
+    window = {k: np.ascontiguousarray(batch[k][0]) for k in obs_keys(cfg)}  # each (To, ...)
+    return window, normalizer
+
+
+def time_calls(fn: Callable[[], object], calls: int, warmup: int = WARMUP_CALLS) -> list[float]:
+    """Seconds per call of ``fn`` over ``calls`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    def extra(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--calls", type=int, default=100,
+                       help="timed calls per sampler (default 100, at least 50; --quick: 10)")
+        p.add_argument("--default-calls", type=int, default=300,
+                       help="timed calls for the default config, for its p99 (default 300; --quick: 10)")
+
+    args = parse_args(__file__, "predict_chunk latency per sampler on the CPU", extra)
+    calls = 10 if args.quick else max(50, args.calls)
+    default_calls = 10 if args.quick else max(50, args.default_calls)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    base = load_default_policy_dict()
+    cfg = from_dict(PolicyConfig, base)
+    with tempfile.TemporaryDirectory(prefix="bench_predict_chunk_") as tmp:
+        window, normalizer = observation_window(cfg, Path(tmp))
+    shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in window.items())
+    print(f"observation window: {shapes}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{WARMUP_CALLS} warm-up calls, then {default_calls} (default) / {calls} (samplers) timed calls")
+
+    # ---- the default config: predict_chunk, the encoder alone, one U-Net step
+    model = DiffusionPolicyModel(cfg)
+    policy = Policy(model, normalizer, cfg, device="cpu")
+    out = policy.predict_chunk(window)
+    if out.shape != (cfg.chunk_len, cfg.action_dim) or not np.all(np.isfinite(out)):
+        raise RuntimeError(f"predict_chunk returned {out.shape} (finite: {np.all(np.isfinite(out))})")
+    n_params = sum(p.numel() for p in model.parameters())
+    default = latency_stats_ms(time_calls(lambda: policy.predict_chunk(window), default_calls))
+
+    inputs = to_model_inputs({k: v[None] for k, v in window.items()}, cfg, normalizer, torch.device("cpu"))
+    with torch.inference_mode():
+        cond = model.net.prepare_condition(model.encoder(inputs, None))  # (1, FiLM)
+        x = torch.randn(1, cfg.chunk_len, cfg.action_dim)  # (1, Tp, A)
+        t = torch.full((1,), 50.0)
+        encoder = latency_stats_ms(time_calls(lambda: model.encoder(inputs, None), default_calls))
+        unet = latency_stats_ms(time_calls(lambda: model.net(x, t, cond), default_calls))
+
+    # ---- each sampler (fresh untrained weights; the network is the same for both objectives)
+    per_sampler: dict[str, dict[str, float]] = {}
+    for name, objective in SAMPLERS.items():
+        scfg = with_objective(base, **objective)
+        spolicy = Policy(DiffusionPolicyModel(scfg), normalizer, scfg, device="cpu")
+        per_sampler[name] = latency_stats_ms(time_calls(lambda p=spolicy: p.predict_chunk(window), calls))
+
+    # ---- report
+    steps = cfg.objective.num_inference_steps
+    dname = sampler_name(cfg)
+    setup = (f"{len(cfg.image_keys)} cameras {cfg.image_shape[0]}x{cfg.image_shape[1]}, "
+             f"To={cfg.n_obs_steps}, chunk {cfg.chunk_len}x{cfg.action_dim}, batch 1, cpu")
+
+    def row(name: str, s: dict[str, float], n: int) -> tuple[Any, ...]:
+        return name, s["median"], s["p90"], s["p99"], s["mean"], n
+
+    rows = [row(f"default ({dname})", default, default_calls)]
+    rows += [row(name, s, calls) for name, s in per_sampler.items()]
+    rows += [row("  default encoder only", encoder, default_calls),
+             row("  default one U-Net step", unet, default_calls)]
+    print_table(f"predict_chunk latency (ms): {setup}; model {n_params / 1e6:.3f} M parameters",
+                ["variant", "median", "p90", "p99", "mean", "calls"], rows)
+    parts = encoder["median"] + steps * unet["median"]
+    print(f"\ndefault breakdown: encoder {encoder['median']:.2f} + {steps} x U-Net step "
+          f"{unet['median']:.2f} = {parts:.2f} ms of {default['median']:.2f} ms "
+          "(the rest: input checks, normalization, noise, copies)")
+    verdict = "met" if default["median"] <= TARGET_DEFAULT_MS else "NOT met"
+    print(f"target (issue): default predict_chunk median <= {TARGET_DEFAULT_MS:.0f} ms: "
+          f"{default['median']:.2f} ms, {verdict}")
+
+    results: dict[str, Any] = {
+        "default_predict_chunk_ms_median": default["median"],
+        "default_predict_chunk_ms_p90": default["p90"],
+        "default_predict_chunk_ms_p99": default["p99"],
+        "default_predict_chunk_ms_mean": default["mean"],
+        "default_encoder_ms_median": encoder["median"],
+        "default_unet_step_ms_median": unet["median"],
+        "default_params_millions": n_params / 1e6,
+        "target_default_predict_chunk_ms": TARGET_DEFAULT_MS,
+    }
+    for name, s in per_sampler.items():
+        results[f"{name}_predict_chunk_ms_median"] = s["median"]
+        results[f"{name}_predict_chunk_ms_p90"] = s["p90"]
+    results.update({
+        "default_config": DEFAULT_POLICY_YAML.stem,
+        "default_sampler": dname,
+        "default_objective": f"{cfg.objective.name}/{cfg.objective.sampler}",
+        "default_inference_steps": str(steps),
+        "setup": setup,
+        "warmup_calls": WARMUP_CALLS,
+        "default_timed_calls": default_calls,
+        "sampler_timed_calls": calls,
+        **machine_info(torch.get_num_threads(), args.quick),
+    })
+    finish(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
