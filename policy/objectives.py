@@ -94,8 +94,9 @@ class DDPMObjective:
                 x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
             else:  # ddpm: posterior q(x_prev | x_t, x0)
                 beta = 1 - ab / ab_prev
-                mean = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)) * x
-                x = mean
+                c0 = math.sqrt(ab_prev) * beta / (1 - ab)
+                ct = math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)
+                x = mean = c0 * x0 + ct * x
                 if t_prev >= 0:
                     var = max((1 - ab_prev) / (1 - ab) * beta, 1e-20)
                     x = mean + math.sqrt(var) * _randn(tuple(x.shape), generator, x.device)

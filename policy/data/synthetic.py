@@ -56,3 +56,22 @@ def make_synthetic_dataset(path: str | Path, n_episodes: int = 10, episode_len: 
     for _ in range(n_episodes):
         rb.add_episode(synthetic_episode(rng, episode_len, image_shape))
     return rb
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m policy.data.synthetic OUT.zarr [--episodes N] [--length T] [--size H]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write a synthetic demo dataset (replay-buffer format).")
+    ap.add_argument("out", help="path of the new zarr dataset")
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--length", type=int, default=40, help="steps per episode")
+    ap.add_argument("--size", type=int, default=96, help="image height and width")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    rb = make_synthetic_dataset(args.out, args.episodes, args.length, (args.size, args.size), args.seed)
+    print(f"wrote {rb.n_episodes} episodes, {rb.n_steps} steps to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

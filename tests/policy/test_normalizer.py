@@ -41,7 +41,8 @@ def test_images_scale_to_minus_one_one():
 
 
 def test_json_round_trip_is_exact(tmp_path):
-    n = Normalizer.fit({"action": _data(np.random.default_rng(2)), "ee_pose": np.random.default_rng(3).normal(size=(50, 9))})
+    rng = np.random.default_rng(2)
+    n = Normalizer.fit({"action": _data(rng), "ee_pose": rng.normal(size=(50, 9))})
     n.save(tmp_path / "normalizer.json")
     m = Normalizer.load(tmp_path / "normalizer.json")
     x = torch.randn(5, 4)
