@@ -40,14 +40,16 @@ class Policy:
         self.chunk_len = cfg.chunk_len
         self.action_dim = cfg.action_dim
         self.obs_keys = obs_keys(cfg)
-        self.num_inference_steps = num_inference_steps or cfg.objective.num_inference_steps
-        self.sampler = sampler or cfg.objective.sampler
-        allowed = SAMPLERS[cfg.objective.name]
+        o = cfg.objective
+        self.num_inference_steps = o.num_inference_steps if num_inference_steps is None else num_inference_steps
+        self.sampler = o.sampler if sampler is None else sampler
+        allowed = SAMPLERS[o.name]
         if self.sampler not in allowed:
-            raise ValueError(f"sampler {self.sampler!r} does not fit objective {cfg.objective.name!r}; "
-                             f"use one of {allowed}")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+            raise ValueError(f"sampler {self.sampler!r} does not fit objective {o.name!r}; use one of {allowed}")
+        limit = o.num_train_timesteps if o.name == "ddpm" else 1000
+        if not 1 <= self.num_inference_steps <= limit:
+            raise ValueError(f"num_inference_steps must be in [1, {limit}] for objective {o.name!r}, "
+                             f"got {self.num_inference_steps}")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto",

@@ -142,8 +142,10 @@ class Trainer:
         load_state_checked(self.ema, ema.state_dict(), "checkpoint EMA weights")
         load_state_checked(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                            "train_state.safetensors")
-        params = list(self.model.parameters())
-        for i, p in enumerate(params):
+        for i, p in enumerate(self.model.parameters()):
+            if f"optim.{i}.exp_avg" not in tensors or f"optim.{i}.exp_avg_sq" not in tensors:
+                raise CheckpointError(f"cannot resume {self.out}: train_state.safetensors lacks the AdamW moments "
+                                      f"of parameter {i}")
             st = self.optim.state[p]
             st["step"] = torch.tensor(float(state["optim_step"]))
             st["exp_avg"] = tensors[f"optim.{i}.exp_avg"].to(self.device)
@@ -231,7 +233,7 @@ class Trainer:
 
         t = self.cfg.train
         bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True, desc="train")
-        window_t, window_n, loss_sum = time.perf_counter(), 0, 0.0
+        window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
         try:
             while self.step < t.steps:
                 loss = self.train_step()
@@ -241,21 +243,21 @@ class Trainer:
                 window_n += 1
                 loss_sum += loss
                 bar.update(1)
-                if self.step % t.log_every == 0 or self.step == t.steps:
-                    dt = time.perf_counter() - window_t
-                    rec = {"loss": loss_sum / window_n, "lr": lr_at(self.step - 1, self.cfg),
-                           "samples_per_s": window_n * t.batch_size / dt}
-                    self.write_log(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.0f}")
-                    window_t, window_n, loss_sum = time.perf_counter(), 0, 0.0
+                pause_t = time.perf_counter()
                 if self.step % t.val_every == 0 or self.step == t.steps:
                     rec = self.validate()
                     self.write_log(rec)
                     log.info("step %d: %s", self.step, ", ".join(f"{k}={v:.5f}" for k, v in rec.items()))
-                    window_t = time.perf_counter()
                 if self.step % t.ckpt_every == 0 or self.step == t.steps:
                     self.save()
-                    window_t = time.perf_counter()
+                paused += time.perf_counter() - pause_t  # validation and checkpoints do not count as training
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    dt = time.perf_counter() - window_t - paused
+                    rec = {"loss": loss_sum / window_n, "lr": lr_at(self.step - 1, self.cfg),
+                           "samples_per_s": window_n * t.batch_size / max(dt, 1e-9)}
+                    self.write_log(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.0f}")
+                    window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
         finally:
             bar.close()
             self.log_file.close()

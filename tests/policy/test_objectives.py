@@ -75,3 +75,11 @@ def test_masked_mse_ignores_masked_dimensions():
     pred[..., 1] = 5.0  # error only in a masked dimension
     assert masked_mse(pred, target, torch.tensor([1.0, 0.0])).item() == 0.0
     assert math.isclose(masked_mse(pred, target, None).item(), 12.5)
+
+
+def test_ddpm_timesteps_start_at_the_noisiest_step_and_refuse_too_many():
+    obj = DDPMObjective(ObjectiveConfig(name="ddpm", sampler="ddim", num_inference_steps=4))
+    assert obj.timesteps(4) == [99, 74, 49, 24]
+    assert obj.timesteps(100) == list(range(99, -1, -1))
+    with pytest.raises(ValueError, match=r"\[1, 100\]"):
+        obj.timesteps(150)

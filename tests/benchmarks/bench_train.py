@@ -1,0 +1,149 @@
+"""Training throughput and peak memory of the default CPU config on a synthetic dataset.
+
+    python tests/benchmarks/bench_train.py [--quick] [--out FILE.json] [--threads N]
+
+Builds a synthetic replay buffer (20 episodes x 50 steps at 96x96; --quick: 4 x 20) in a temporary
+folder, then runs ``python -m policy.train`` (configs/train.yaml with policy=cpu_default) in a child
+process, so that the peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` after it exits) is that of
+training alone. Throughput is the median of the ``samples_per_s`` records the trainer writes to
+``<out_dir>/log.jsonl``, skipping the first (warm-up) record; validation and the checkpoint run
+only at the final step, after its throughput record. Figures go to tests/benchmarks/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import DEFAULT_POLICY_YAML, REPO, finish, machine_info, parse_args, print_table
+
+from policy.data.synthetic import make_synthetic_dataset
+
+
+def dir_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def child_peak_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``cmd`` from the repository root; returns (wall seconds, its peak RSS in MiB).
+
+    ``RUSAGE_CHILDREN.ru_maxrss`` is the largest peak of all waited-for children, so a child's own peak
+    can be read only when it beats every earlier one: call this for the bigger processes last.
+    """
+    before_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"child {' '.join(cmd[1:4])} ... failed with exit code {proc.returncode}")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    if peak_kib <= before_kib:
+        raise SystemExit(f"cannot attribute the peak RSS: an earlier child already reached {before_kib} KiB")
+    return wall, peak_kib / 1024
+
+
+def run_training(dataset: Path, out_dir: Path, steps: int, batch_size: int, log_every: int, threads: int,
+                 device: str) -> tuple[float, float]:
+    """Train in a child process; returns (wall seconds, peak RSS of the child in MiB)."""
+    cmd = [sys.executable, "-m", "policy.train", f"policy={DEFAULT_POLICY_YAML.stem}",
+           f"train.dataset={dataset}", f"train.out_dir={out_dir}", f"train.steps={steps}",
+           f"train.batch_size={batch_size}", f"train.log_every={log_every}",
+           f"train.val_every={steps + 1}", f"train.ckpt_every={steps + 1}",  # only at the final step
+           f"train.num_threads={threads}", f"train.device={device}", "train.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    print("child:", " ".join(cmd[1:]))
+    return child_peak_rss_mb(cmd, env)
+
+
+def main() -> None:
+    def extra(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--steps", type=int, default=150, help="training steps (default 150; --quick: 30)")
+        p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+        p.add_argument("--log-every", type=int, default=25,
+                       help="steps per throughput record (default 25; --quick: 10)")
+        p.add_argument("--device", default="cpu", help="train.device of the child (default cpu)")
+
+    args = parse_args(__file__, "training throughput and peak RSS of the default CPU config", extra)
+    n_episodes, episode_len = (4, 20) if args.quick else (20, 50)
+    steps, log_every = (30, 10) if args.quick else (args.steps, args.log_every)
+    if steps < 2 * log_every:
+        raise SystemExit("--steps must be at least 2 x --log-every (the first record is skipped)")
+    image_shape = (96, 96)
+
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        dataset, out_dir = Path(tmp) / "demos.zarr", Path(tmp) / "run"
+        rb = make_synthetic_dataset(dataset, n_episodes=n_episodes, episode_len=episode_len,
+                                    image_shape=image_shape, seed=0)
+        dataset_steps, dataset_mb = rb.n_steps, dir_size_mb(dataset)
+        raw_mb = sum(a.nbytes for a in rb.load().values()) / 2**20
+        print(f"dataset: {n_episodes} episodes x {episode_len} steps at {image_shape[0]}x{image_shape[1]} "
+              f"({raw_mb:.1f} MiB in memory, {dataset_mb:.2f} MiB on disk)")
+        # the same imports without training: how much of the peak is torch itself (smaller, so first)
+        _, baseline_mb = child_peak_rss_mb([sys.executable, "-c", "import torch, policy.train"], dict(os.environ))
+        wall, peak_mb = run_training(dataset, out_dir, steps, args.batch_size, log_every, args.threads,
+                                     args.device)
+        records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line]
+        if not (out_dir / "checkpoints" / "latest").is_dir():
+            raise SystemExit(f"the training child wrote no checkpoint under {out_dir}")
+
+    speed = [r for r in records if "samples_per_s" in r]
+    used = speed[1:]  # the first record includes the first steps' allocations and warm-up
+    if not used:
+        raise SystemExit(f"expected at least 2 samples_per_s records in log.jsonl, got {len(speed)}")
+    sps = np.array([r["samples_per_s"] for r in used])
+    median = float(np.median(sps))
+    final_loss = speed[-1]["loss"]
+
+    starts = [1] + [r["step"] + 1 for r in speed[:-1]]
+    rows = [(f"steps {a}-{r['step']}", r["samples_per_s"], 1e3 * args.batch_size / r["samples_per_s"], r["loss"],
+             "warm-up, skipped" if i == 0 else "") for i, (a, r) in enumerate(zip(starts, speed, strict=True))]
+    print_table(f"training throughput: {DEFAULT_POLICY_YAML.stem}, batch {args.batch_size}, {args.threads} "
+                f"threads, device {args.device}",
+                ["log window", "samples/s", "ms/step", "loss", ""], rows)
+    print_table("summary", ["figure", "value"], [
+        ("samples/s (median of used records)", median),
+        ("ms per step (from the median)", 1e3 * args.batch_size / median),
+        ("peak RSS of the training process (MiB)", peak_mb),
+        ("for comparison: a process that only imports torch, policy.train", baseline_mb),
+        ("child wall time incl. startup, data load, final val + ckpt (s)", wall),
+    ])
+
+    results: dict[str, Any] = {
+        "train_samples_per_s": median,
+        "train_samples_per_s_min": float(sps.min()),
+        "train_samples_per_s_max": float(sps.max()),
+        "train_step_ms_median": 1e3 * args.batch_size / median,
+        "train_peak_rss_mb": peak_mb,
+        "train_import_peak_rss_mb": baseline_mb,
+        "train_wall_s": wall,
+        "train_batch_size": args.batch_size,
+        "train_steps": steps,
+        "train_log_every_steps": log_every,
+        "train_records_used": len(used),
+        "train_final_loss": float(final_loss),
+        "dataset_episodes": n_episodes,
+        "dataset_episode_len_steps": episode_len,
+        "dataset_steps": dataset_steps,
+        "dataset_disk_mb": dataset_mb,
+        "dataset_memory_mb": raw_mb,
+        "policy_config": DEFAULT_POLICY_YAML.stem,
+        "image_shape": f"{image_shape[0]}x{image_shape[1]}",
+        "device": args.device,
+        # after training: machine_info runs git in a child process
+        **machine_info(args.threads, args.quick),
+    }
+    finish(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
