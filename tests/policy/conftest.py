@@ -12,7 +12,7 @@ from policy.data.synthetic import make_synthetic_dataset
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
 
 def tiny_policy_config(**overrides) -> PolicyConfig:
