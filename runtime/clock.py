@@ -1,0 +1,59 @@
+"""Clocks: the controller sleeps to absolute deadlines on a clock it is given.
+
+``WallClock`` for real robots (``time.monotonic``), ``SimClock`` for simulation and tests: the same
+controller code runs on both.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+
+
+class Clock(ABC):
+    """Seconds on a monotonic time line."""
+
+    @abstractmethod
+    def now(self) -> float: ...
+
+    @abstractmethod
+    def sleep_until(self, deadline: float) -> None:
+        """Return at ``deadline`` (or at once if it has passed)."""
+
+
+class WallClock(Clock):
+    """``time.monotonic``; sleeps most of the way, then spins the last ``spin_s`` for a precise wake-up."""
+
+    def __init__(self, spin_s: float = 0.0005):
+        self.spin_s = spin_s
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep_until(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining > self.spin_s:
+            time.sleep(remaining - self.spin_s)
+        while time.monotonic() < deadline:
+            pass
+
+
+class SimClock(Clock):
+    """Simulated time: ``sleep_until`` jumps forward; nothing ever waits. Thread-safe."""
+
+    def __init__(self, start: float = 0.0):
+        self._t = float(start)
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._t
+
+    def sleep_until(self, deadline: float) -> None:
+        with self._lock:
+            self._t = max(self._t, float(deadline))
+
+    def advance(self, dt: float) -> None:
+        with self._lock:
+            self._t += float(dt)
