@@ -76,7 +76,8 @@ class FakeCamera(Camera):
         self.connected = False
 
     def freeze(self) -> None:
-        self._frozen = self.read()
+        t = self.now()
+        self._frozen = CameraFrame(self.render(t), t)
 
     def fail(self) -> None:
         self._fail = True

@@ -1,0 +1,219 @@
+"""The real-time controller: read -> buffer -> safety -> write, paced by a clock at 10 Hz.
+
+Each tick reads the robot and the newest camera frames, takes the action due now from the
+timestamped buffer, passes it through the safety layer and writes it to the robot. When half of the
+current chunk has been executed, the newest observation window goes to the inference worker and the
+loop keeps executing; the chunk that comes back replaces the buffer from now on, without the entries
+whose time has passed. The loop never waits for inference. ``robot.stop()`` runs in ``finally:``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from policy import keys
+from policy.protocol import ChunkPolicy
+from runtime.buffer import ActionBuffer
+from runtime.clock import Clock
+from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
+from runtime.inference import InferenceWorker
+from runtime.metrics import RunMetrics, TickRecord
+from runtime.safety import SafetyLayer, SafetyResult
+
+log = logging.getLogger("runtime.controller")
+
+
+class ControllerError(RuntimeError):
+    """The run stopped because of a fault (driver, inference, stale observations)."""
+
+
+@dataclass
+class ControllerConfig:
+    hz: float = 10.0
+    replan: str = "half"  # half: request a chunk when half of the current one is executed | continuous
+    max_inference_failures: int = 3  # consecutive failed inferences before the run stops
+    keep_trace: bool = False  # record every tick's command (tests, evaluation)
+
+    def __post_init__(self) -> None:
+        if not self.hz > 0:
+            raise ValueError(f"controller.hz must be > 0, got {self.hz}")
+        if self.replan not in ("half", "continuous"):
+            raise ValueError(f"controller.replan must be 'half' or 'continuous', got {self.replan!r}")
+        if self.max_inference_failures < 1:
+            raise ValueError(f"controller.max_inference_failures must be >= 1, got {self.max_inference_failures}")
+
+
+def target_from_state(state: RobotState) -> np.ndarray:
+    """The action that holds the robot where it is: (10,) = ee_pose (9) + gripper (1)."""
+    return np.concatenate([state.ee_pose, state.gripper]).astype(np.float64)
+
+
+class Controller:
+    """Runs a ``ChunkPolicy`` on a robot; the same code on the wall clock and on a simulated clock."""
+
+    def __init__(self, robot: Robot, cameras: Mapping[str, Camera], policy: ChunkPolicy, worker: InferenceWorker,
+                 safety: SafetyLayer, clock: Clock, cfg: ControllerConfig | None = None,
+                 stop_event: threading.Event | None = None):
+        self.robot, self.cameras, self.policy, self.worker = robot, dict(cameras), policy, worker
+        self.safety, self.clock = safety, clock
+        self.cfg = cfg or ControllerConfig()
+        self.dt = 1.0 / self.cfg.hz
+        if abs(self.safety.dt - self.dt) > 1e-9:
+            raise ValueError(f"safety layer dt {self.safety.dt} differs from the controller period {self.dt}")
+        self.stop_event = stop_event or threading.Event()
+        missing = [k for k in policy.obs_keys if k not in self.cameras and k not in
+                   (keys.EE_POSE, keys.GRIPPER, keys.ACTION_HISTORY)]
+        if missing:
+            raise ValueError(f"the policy needs observations {missing}; no camera is configured for them "
+                             f"(cameras: {sorted(self.cameras)})")
+        self.buffer = ActionBuffer()
+        self.metrics = RunMetrics()
+        self._obs: deque[dict[str, np.ndarray]] = deque(maxlen=policy.n_obs_steps)
+        self._history: deque[np.ndarray] = deque(maxlen=policy.n_obs_steps)
+        self._frames: dict[str, CameraFrame] = {}
+        self._failures = 0
+
+    # ---------------------------------------------------------------- observation
+
+    def _read(self, now: float) -> tuple[RobotState, dict[str, float]]:
+        state = self.robot.read()  # a DriverError here ends the run
+        ages = {"robot": now - state.timestamp}
+        for key, cam in self.cameras.items():
+            try:
+                self._frames[key] = cam.read()
+            except DriverError as e:  # a dead camera: keep its last frame, let the watchdog judge the age
+                log.warning("camera %s: %s", key, e)
+            frame = self._frames.get(key)
+            ages[key] = now - frame.timestamp if frame is not None else math.inf
+        obs = {keys.EE_POSE: state.ee_pose.astype(np.float32), keys.GRIPPER: state.gripper.astype(np.float32)}
+        for key, frame in self._frames.items():
+            obs[key] = frame.image
+        if len(self._obs) == 0:  # pad the window at the start by repeating the first frame
+            self._obs.extend([obs] * self._obs.maxlen)
+        self._obs.append(obs)
+        return state, ages
+
+    def window(self, history: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The observation window: To frames, oldest first, and ``history``, the actions sent before them."""
+        out = {}
+        for key in self.policy.obs_keys:
+            if key == keys.ACTION_HISTORY:
+                out[key] = np.stack(history).astype(np.float32)  # (To, A)
+            else:
+                out[key] = np.stack([o[key] for o in self._obs])  # (To, ...)
+        return out
+
+    # ---------------------------------------------------------------- loop
+
+    def _receive(self, tick: int) -> None:
+        result = self.worker.poll()
+        if result is None:
+            return
+        self.metrics.inference_latency_s.append(result.latency_s)
+        if result.error is not None or result.chunk is None:
+            self._failures += 1
+            self.metrics.inference_failures += 1
+            log.error("inference failed (%d in a row): %r", self._failures, result.error)
+            if self._failures >= self.cfg.max_inference_failures:
+                raise ControllerError(f"inference failed {self._failures} times in a row; last error: "
+                                      f"{result.error!r}")
+            return
+        self._failures = 0
+        self.metrics.chunks_received += 1
+        self.metrics.dropped_stale_actions += self.buffer.insert_chunk(result.chunk, result.obs_tick, tick)
+
+    def _command(self, tick: int, ages: dict[str, float], now: float) -> tuple[SafetyResult, str, int | None]:
+        """(safety result, source of the command, obs tick of the chunk it came from)."""
+        res = self.safety.check_staleness(ages, now)
+        if res is not None:
+            return res, "hold", None
+        entry = self.buffer.pop(tick)
+        if entry is None:
+            if self.metrics.chunks_received == 0:
+                self.metrics.startup_hold_ticks += 1
+                return self.safety.hold(), "startup", None
+            self.metrics.underruns += 1
+            log.warning("tick %d: action buffer ran dry (underrun); holding the last safe target", tick)
+            return self.safety.hold("underrun"), "hold", None
+        action, chunk_tick = entry
+        t0 = time.perf_counter()
+        res = self.safety.check(action)
+        self.metrics.safety_s.append(time.perf_counter() - t0)
+        return res, "chunk", chunk_tick
+
+    def _want_chunk(self, tick: int) -> bool:
+        if self.worker.busy:
+            return False
+        if self.cfg.replan == "continuous" or self._failures > 0 or self.buffer.chunk_tick is None:
+            return True
+        # half of the current chunk executed: no more than half of its entries are left
+        return self.buffer.remaining(tick + 1) <= self.policy.chunk_len - self.policy.chunk_len // 2
+
+    def run(self, max_ticks: int | None = None, duration_s: float | None = None) -> RunMetrics:
+        """Run until ``max_ticks``/``duration_s``, the stop event, or a fault; the robot is stopped at the end.
+
+        Faults (driver errors, repeated inference failures, observations that stay stale) raise
+        ``ControllerError`` after the robot has been stopped; the metrics are in ``self.metrics``.
+        """
+        if max_ticks is None and duration_s is None:
+            raise ValueError("run() needs max_ticks or duration_s")
+        n_ticks = max_ticks if max_ticks is not None else math.ceil(duration_s * self.cfg.hz)
+        m = self.metrics
+        try:
+            start = self.robot.read()
+            current = target_from_state(start)
+            self.safety.reset(current)
+            self._history.extend([current] * self._history.maxlen)
+            t0 = self.clock.now()
+            tick = 0
+            while tick < n_ticks:
+                if self.stop_event.is_set():
+                    m.stop_reason = "stop_requested"
+                    break
+                deadline = t0 + tick * self.dt
+                now = self.clock.now()
+                m.tick_jitter_s.append(now - deadline)
+                state, ages = self._read(now)
+                history_before = list(self._history)
+                self._receive(tick)
+                res, source, chunk_tick = self._command(tick, ages, now)
+                m.interventions.update(res.reasons)
+                if res.stop:
+                    raise ControllerError(f"observations stale for too long ({res.reasons}); stopped")
+                sent = np.asarray(self.robot.write(res.command), dtype=np.float64)
+                self._history.append(sent)
+                if self.cfg.keep_trace:
+                    m.trace.append(TickRecord(tick, now, sent, source, chunk_tick))
+                if self._want_chunk(tick):
+                    self.worker.submit(self.window(history_before), tick)
+                tick += 1
+                next_deadline = t0 + tick * self.dt
+                behind = self.clock.now() - next_deadline
+                if behind > self.dt:  # fell more than a period behind: skip ticks, do not burst
+                    skipped = int(behind // self.dt)
+                    m.overruns += skipped
+                    tick += skipped
+                    next_deadline = t0 + tick * self.dt
+                self.clock.sleep_until(next_deadline)
+            else:
+                m.stop_reason = "completed"
+        except ControllerError as e:
+            m.stop_reason, m.error = "fault", str(e)
+            raise
+        except DriverError as e:
+            m.stop_reason, m.error = "driver_error", str(e)
+            raise ControllerError(f"driver error: {e}") from e
+        finally:
+            try:
+                self.robot.stop()
+            except Exception as e:  # noqa: BLE001 - stopping must not mask the original error
+                log.error("robot.stop() failed: %r", e)
+        return m
