@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -75,3 +77,69 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
         q[3] = (m[k, j] - m[j, k]) / s
     q /= np.linalg.norm(q)
     return q if q[3] >= 0 else -q
+
+
+# ---- pure-Python 3x3 helpers for the per-tick safety path (numpy costs ~µs per call on 3-vectors) ----
+# A matrix is a tuple of 9 floats, row-major.
+
+Mat3 = tuple[float, float, float, float, float, float, float, float, float]
+
+
+def rot6d_to_mat3(r6) -> Mat3:
+    """6D (6 floats) -> row-major 3x3 via Gram-Schmidt; ValueError for a degenerate 6D."""
+    a0, a1, a2, b0, b1, b2 = (float(v) for v in r6)
+    na = math.sqrt(a0 * a0 + a1 * a1 + a2 * a2)
+    if na < 1e-9:
+        raise ValueError("degenerate 6D rotation: first column is zero")
+    x0, x1, x2 = a0 / na, a1 / na, a2 / na
+    d = x0 * b0 + x1 * b1 + x2 * b2
+    b0, b1, b2 = b0 - d * x0, b1 - d * x1, b2 - d * x2
+    nb = math.sqrt(b0 * b0 + b1 * b1 + b2 * b2)
+    if nb < 1e-9:
+        raise ValueError("degenerate 6D rotation: columns are parallel")
+    y0, y1, y2 = b0 / nb, b1 / nb, b2 / nb
+    z0, z1, z2 = x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0
+    return (x0, y0, z0, x1, y1, z1, x2, y2, z2)
+
+
+def mat3_to_rot6d(m: Mat3) -> list[float]:
+    return [m[0], m[3], m[6], m[1], m[4], m[7]]
+
+
+def mat3_mul(a: Mat3, b: Mat3) -> Mat3:
+    """a @ b"""
+    a0, a1, a2, a3, a4, a5, a6, a7, a8 = a
+    b0, b1, b2, b3, b4, b5, b6, b7, b8 = b
+    return (a0 * b0 + a1 * b3 + a2 * b6, a0 * b1 + a1 * b4 + a2 * b7, a0 * b2 + a1 * b5 + a2 * b8,
+            a3 * b0 + a4 * b3 + a5 * b6, a3 * b1 + a4 * b4 + a5 * b7, a3 * b2 + a4 * b5 + a5 * b8,
+            a6 * b0 + a7 * b3 + a8 * b6, a6 * b1 + a7 * b4 + a8 * b7, a6 * b2 + a7 * b5 + a8 * b8)
+
+
+def mat3_mul_t(a: Mat3, b: Mat3) -> Mat3:
+    """a @ b.T"""
+    b0, b1, b2, b3, b4, b5, b6, b7, b8 = b
+    return mat3_mul(a, (b0, b3, b6, b1, b4, b7, b2, b5, b8))
+
+
+def mat3_to_axis_angle(m: Mat3) -> tuple[float, float, float]:
+    c = max(-1.0, min(1.0, (m[0] + m[4] + m[8] - 1) / 2))
+    theta = math.acos(c)
+    if theta < 1e-9:
+        return (0.0, 0.0, 0.0)
+    if math.pi - theta < 1e-6:  # rare: use the robust numpy path
+        v = matrix_to_axis_angle(np.array(m).reshape(3, 3))
+        return (float(v[0]), float(v[1]), float(v[2]))
+    s = theta / (2 * math.sin(theta))
+    return ((m[7] - m[5]) * s, (m[2] - m[6]) * s, (m[3] - m[1]) * s)
+
+
+def axis_angle_to_mat3(v0: float, v1: float, v2: float) -> Mat3:
+    theta = math.sqrt(v0 * v0 + v1 * v1 + v2 * v2)
+    if theta < 1e-12:
+        return (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    k0, k1, k2 = v0 / theta, v1 / theta, v2 / theta
+    s, c = math.sin(theta), math.cos(theta)
+    t = 1 - c
+    return (c + k0 * k0 * t, k0 * k1 * t - k2 * s, k0 * k2 * t + k1 * s,
+            k1 * k0 * t + k2 * s, c + k1 * k1 * t, k1 * k2 * t - k0 * s,
+            k2 * k0 * t - k1 * s, k2 * k1 * t + k0 * s, c + k2 * k2 * t)

@@ -9,12 +9,20 @@ when they stay stale. Each intervention carries a reason that is counted and log
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.rotation import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
+from runtime.rotation import (
+    axis_angle_to_mat3,
+    mat3_mul,
+    mat3_mul_t,
+    mat3_to_axis_angle,
+    mat3_to_rot6d,
+    rot6d_to_mat3,
+)
 
 log = logging.getLogger("runtime.safety")
 
@@ -69,7 +77,7 @@ class SafetyLayer:
     def __init__(self, cfg: SafetyConfig, dt: float):
         _need(dt > 0, f"dt must be > 0, got {dt}")
         self.cfg, self.dt = cfg, dt
-        self.lo, self.hi = np.asarray(cfg.workspace_min, float), np.asarray(cfg.workspace_max, float)
+        self._lo, self._hi = [float(v) for v in cfg.workspace_min], [float(v) for v in cfg.workspace_max]
         self.last: np.ndarray | None = None  # (10,) last command let through
         self.velocity = np.zeros(3)  # m/s of the last command
         self.rot_velocity = np.zeros(3)  # rad/s (rotation vector per second) of the last command
@@ -88,14 +96,16 @@ class SafetyLayer:
         self.counts[reason] += 1
 
     def _clip_static(self, cmd: np.ndarray, reasons: list[str]) -> np.ndarray:
-        clipped = np.clip(cmd[:3], self.lo, self.hi)
-        if not np.array_equal(clipped, cmd[:3]):
+        pos = cmd[:3].tolist()
+        clipped = [min(max(p, lo), hi) for p, lo, hi in zip(pos, self._lo, self._hi)]
+        if clipped != pos:
             self._note(reasons, "workspace")
             cmd[:3] = clipped
-        g = float(np.clip(cmd[9], self.cfg.gripper_min, self.cfg.gripper_max))
-        if g != cmd[9]:
+        g = float(cmd[9])
+        g_clipped = min(max(g, self.cfg.gripper_min), self.cfg.gripper_max)
+        if g_clipped != g:
             self._note(reasons, "gripper_range")
-            cmd[9] = g
+            cmd[9] = g_clipped
         return cmd
 
     def hold(self, reason: str | None = None) -> SafetyResult:
@@ -146,32 +156,42 @@ class SafetyLayer:
 
     def _limit_translation(self, pos: np.ndarray, reasons: list[str]) -> np.ndarray:
         dt, c = self.dt, self.cfg
-        v = (pos - self.last[:3]) / dt
-        dv = v - self.velocity
-        dv_norm = float(np.linalg.norm(dv))
+        last = self.last[:3].tolist()
+        v = [(float(p) - q) / dt for p, q in zip(pos, last)]
+        pv = self.velocity.tolist()
+        dv = [a - b for a, b in zip(v, pv)]
+        dv_norm = math.sqrt(sum(x * x for x in dv))
         if dv_norm > c.max_accel * dt:
-            v = self.velocity + dv * (c.max_accel * dt / dv_norm)
+            k = c.max_accel * dt / dv_norm
+            v = [b + x * k for b, x in zip(pv, dv)]
             self._note(reasons, "accel")
-        speed = float(np.linalg.norm(v))
+        speed = math.sqrt(sum(x * x for x in v))
         if speed > c.max_speed:
-            v = v * (c.max_speed / speed)
+            v = [x * (c.max_speed / speed) for x in v]
             self._note(reasons, "speed")
-        self.velocity = v
-        return self.last[:3] + v * dt
+        self.velocity = np.array(v)
+        return np.array([q + x * dt for q, x in zip(last, v)])
 
     def _limit_rotation(self, r6: np.ndarray, reasons: list[str]) -> np.ndarray:
         dt, c = self.dt, self.cfg
-        r_last = rot6d_to_matrix(self.last[3:9])
-        r_target = rot6d_to_matrix(r6)
-        w = matrix_to_axis_angle(r_target @ r_last.T) / dt  # rad/s, in the base frame
-        dw = w - self.rot_velocity
-        dw_norm = float(np.linalg.norm(dw))
+        r_last = rot6d_to_mat3(self.last[3:9].tolist())
+        r_target = rot6d_to_mat3(r6.tolist())
+        w = [x / dt for x in mat3_to_axis_angle(mat3_mul_t(r_target, r_last))]  # rad/s, base frame
+        pw = self.rot_velocity.tolist()
+        dw = [a - b for a, b in zip(w, pw)]
+        dw_norm = math.sqrt(sum(x * x for x in dw))
+        limited = False
         if dw_norm > c.max_rot_accel * dt:
-            w = self.rot_velocity + dw * (c.max_rot_accel * dt / dw_norm)
+            k = c.max_rot_accel * dt / dw_norm
+            w = [b + x * k for b, x in zip(pw, dw)]
             self._note(reasons, "rot_accel")
-        rate = float(np.linalg.norm(w))
+            limited = True
+        rate = math.sqrt(sum(x * x for x in w))
         if rate > c.max_rot_speed:
-            w = w * (c.max_rot_speed / rate)
+            w = [x * (c.max_rot_speed / rate) for x in w]
             self._note(reasons, "rot_speed")
-        self.rot_velocity = w
-        return matrix_to_rot6d(axis_angle_to_matrix(w * dt) @ r_last)
+            limited = True
+        self.rot_velocity = np.array(w)
+        if not limited:
+            return np.array(mat3_to_rot6d(r_target))
+        return np.array(mat3_to_rot6d(mat3_mul(axis_angle_to_mat3(*(x * dt for x in w)), r_last)))
