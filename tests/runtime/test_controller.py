@@ -14,7 +14,7 @@ from runtime.drivers.fake import FakeCamera, FakeRobot
 from runtime.inference import SimulatedLatencyWorker, ThreadedWorker
 from runtime.safety import SafetyConfig, SafetyLayer
 
-from .fakes import DT, Z, DyingCamera, ScriptedPolicy, x_at
+from .fakes import DT, DyingCamera, ScriptedPolicy, Z, x_at
 
 
 def _setup(latency=0.3, policy=None, camera=None, cfg=None, safety_cfg=None):
