@@ -110,6 +110,15 @@ def load_config(path: str | Path) -> Config:
         raise CheckpointError(f"checkpoint {path / 'config.yaml'}: {e}") from e
 
 
+def load_spec(path: str | Path):
+    """The ``PolicySpec`` of a checkpoint, from its config alone (no weights are loaded)."""
+    from policy.model import obs_keys
+    from policy.protocol import PolicySpec
+
+    p = load_config(path).policy
+    return PolicySpec(p.n_obs_steps, p.chunk_len, p.action_dim, obs_keys(p))
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     """-> (config, model with EMA weights in eval mode, normalizer, meta). Never unpickles."""
     from policy.model import DiffusionPolicyModel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -25,3 +26,17 @@ class ChunkPolicy(Protocol):
     obs_keys: tuple[str, ...]
 
     def predict_chunk(self, obs_window: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a caller must know about a policy without loading its weights (e.g. for a worker process)."""
+
+    n_obs_steps: int
+    chunk_len: int
+    action_dim: int
+    obs_keys: tuple[str, ...]
+
+    @classmethod
+    def of(cls, policy: ChunkPolicy) -> PolicySpec:
+        return cls(policy.n_obs_steps, policy.chunk_len, policy.action_dim, tuple(policy.obs_keys))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from policy import keys
-from policy.protocol import ChunkPolicy
 from runtime.buffer import ActionBuffer
 from runtime.clock import Clock
 from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
@@ -57,12 +56,13 @@ def target_from_state(state: RobotState) -> np.ndarray:
 
 
 class Controller:
-    """Runs a ``ChunkPolicy`` on a robot; the same code on the wall clock and on a simulated clock."""
+    """Runs a policy (through its inference worker) on a robot; the same code on the wall clock and on a
+    simulated clock."""
 
-    def __init__(self, robot: Robot, cameras: Mapping[str, Camera], policy: ChunkPolicy, worker: InferenceWorker,
-                 safety: SafetyLayer, clock: Clock, cfg: ControllerConfig | None = None,
-                 stop_event: threading.Event | None = None):
-        self.robot, self.cameras, self.policy, self.worker = robot, dict(cameras), policy, worker
+    def __init__(self, robot: Robot, cameras: Mapping[str, Camera], worker: InferenceWorker, safety: SafetyLayer,
+                 clock: Clock, cfg: ControllerConfig | None = None, stop_event: threading.Event | None = None):
+        self.robot, self.cameras, self.worker = robot, dict(cameras), worker
+        self.policy = policy = worker.spec  # what the policy needs: obs keys, To, chunk length
         self.safety, self.clock = safety, clock
         self.cfg = cfg or ControllerConfig()
         self.dt = 1.0 / self.cfg.hz

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policy.protocol import ChunkPolicy
+from policy.protocol import ChunkPolicy, PolicySpec
 from runtime.clock import Clock
 
 log = logging.getLogger("runtime.inference")
@@ -47,10 +47,10 @@ def _predict(policy: ChunkPolicy, window: Mapping[str, np.ndarray]) -> tuple[np.
 
 
 class InferenceWorker(ABC):
-    """One request at a time: ``submit`` while idle, ``poll`` every tick."""
+    """One request at a time: ``submit`` while idle, ``poll`` every tick. ``spec`` describes the policy."""
 
-    def __init__(self, policy: ChunkPolicy, clock: Clock):
-        self.policy, self.clock = policy, clock
+    def __init__(self, spec: PolicySpec, clock: Clock):
+        self.spec, self.clock = spec, clock
 
     @property
     @abstractmethod
@@ -71,7 +71,8 @@ class ThreadedWorker(InferenceWorker):
     """A daemon thread that runs ``predict_chunk``; the loop never waits for it."""
 
     def __init__(self, policy: ChunkPolicy, clock: Clock):
-        super().__init__(policy, clock)
+        super().__init__(PolicySpec.of(policy), clock)
+        self.policy = policy
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._request: tuple[dict[str, np.ndarray], int, float] | None = None
@@ -129,7 +130,8 @@ class SimulatedLatencyWorker(InferenceWorker):
     """
 
     def __init__(self, policy: ChunkPolicy, clock: Clock, latency: float | str = "measured"):
-        super().__init__(policy, clock)
+        super().__init__(PolicySpec.of(policy), clock)
+        self.policy = policy
         if not (latency == "measured" or (isinstance(latency, (int, float)) and latency >= 0)):
             raise ValueError(f"latency must be >= 0 seconds or 'measured', got {latency!r}")
         self.latency = latency
@@ -152,3 +154,87 @@ class SimulatedLatencyWorker(InferenceWorker):
             return None
         result, self._pending = self._pending[0], None
         return result
+
+
+def _serve_process(conn, checkpoint: str, device: str, num_threads: int, overrides: dict) -> None:
+    """Child process: load the checkpoint once, then answer (window, obs_tick) requests until None."""
+    import torch
+
+    from policy.policy import Policy
+
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        policy = Policy.from_pretrained(checkpoint, device=device, **overrides)
+        conn.send(("ready", None))
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("load_error", repr(e)))
+        return
+    while True:
+        request = conn.recv()
+        if request is None:
+            return
+        window, obs_tick = request
+        chunk, err = _predict(policy, window)
+        conn.send(("result", (obs_tick, chunk, None if err is None else repr(err))))
+
+
+class ProcessWorker(InferenceWorker):
+    """Runs ``Policy.from_pretrained(checkpoint)`` in a child process: inference never competes with the
+    control loop for the GIL. ``overrides`` go to ``from_pretrained`` (num_inference_steps, sampler)."""
+
+    def __init__(self, checkpoint: str, clock: Clock, device: str = "cpu", num_threads: int = 1,
+                 start_timeout_s: float = 120.0, **overrides):
+        import multiprocessing as mp
+
+        from policy.checkpoint import load_spec
+
+        super().__init__(load_spec(checkpoint), clock)
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_process, args=(child, str(checkpoint), device, num_threads, overrides),
+                                 name="inference", daemon=True)
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise RuntimeError(f"inference process did not load {checkpoint} within {start_timeout_s} s")
+        kind, payload = self._conn.recv()
+        if kind != "ready":
+            self.close()
+            raise RuntimeError(f"inference process could not load {checkpoint}: {payload}")
+        self._pending: float | None = None  # submit time of the request in flight
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int) -> None:
+        if self._pending is not None:
+            raise RuntimeError("inference worker is busy; submit only when idle")
+        if not self._proc.is_alive():
+            raise RuntimeError(f"inference process died (exit code {self._proc.exitcode})")
+        self._conn.send(({k: np.asarray(v) for k, v in window.items()}, obs_tick))
+        self._pending = self.clock.now()
+
+    def poll(self) -> InferenceResult | None:
+        if self._pending is None:
+            return None
+        if not self._conn.poll():
+            if not self._proc.is_alive():  # died mid-request: report it as a failed inference
+                t0, self._pending = self._pending, None
+                err = RuntimeError(f"inference process died (exit code {self._proc.exitcode})")
+                return InferenceResult(-1, None, err, self.clock.now() - t0)
+            return None
+        _, (obs_tick, chunk, err) = self._conn.recv()
+        t0, self._pending = self._pending, None
+        return InferenceResult(obs_tick, chunk, None if err is None else RuntimeError(err), self.clock.now() - t0)
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self._proc.join(timeout=5.0)
+        if self._proc.is_alive():
+            self._proc.kill()

@@ -64,7 +64,7 @@ def run_once(policy, seconds: float) -> dict:
         d.connect()
     worker = ThreadedWorker(policy, clock)
     try:
-        ctrl = Controller(robot, cams, policy, worker, SafetyLayer(SafetyConfig(), 0.1), clock, ControllerConfig(hz=10.0))
+        ctrl = Controller(robot, cams, worker, SafetyLayer(SafetyConfig(), 0.1), clock, ControllerConfig(hz=10.0))
         return ctrl.run(duration_s=seconds).summary()
     finally:
         worker.close()

@@ -26,7 +26,7 @@ def _setup(latency=0.3, policy=None, camera=None, cfg=None, safety_cfg=None):
     cam.connect()
     policy = policy or ScriptedPolicy()
     worker = SimulatedLatencyWorker(policy, clock, latency)
-    ctrl = Controller(robot, {"scene_rgb": cam}, policy, worker, SafetyLayer(safety_cfg or SafetyConfig(), DT), clock,
+    ctrl = Controller(robot, {"scene_rgb": cam}, worker, SafetyLayer(safety_cfg or SafetyConfig(), DT), clock,
                       cfg or ControllerConfig(keep_trace=True))
     policy.tick_of = lambda: round(clock.now() / DT)
     return ctrl, robot, policy, clock
@@ -156,7 +156,7 @@ def test_threaded_worker_on_the_wall_clock():
     policy.tick_of = lambda: round((clock.now() - t0) / 0.02)
     worker = ThreadedWorker(policy, clock)
     try:
-        ctrl = Controller(robot, {"scene_rgb": cam}, policy, worker, SafetyLayer(SafetyConfig(), 0.02), clock,
+        ctrl = Controller(robot, {"scene_rgb": cam}, worker, SafetyLayer(SafetyConfig(), 0.02), clock,
                           ControllerConfig(hz=50.0))
         m = ctrl.run(max_ticks=40)
     finally:
@@ -168,5 +168,5 @@ def test_missing_camera_for_the_policy_is_named():
     clock = SimClock()
     policy = ScriptedPolicy()
     with pytest.raises(ValueError, match="scene_rgb"):
-        Controller(FakeRobot(clock.now), {}, policy, SimulatedLatencyWorker(policy, clock, 0.0),
+        Controller(FakeRobot(clock.now), {}, SimulatedLatencyWorker(policy, clock, 0.0),
                    SafetyLayer(SafetyConfig(), DT), clock)
