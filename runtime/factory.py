@@ -1,0 +1,80 @@
+"""Build robots and cameras from config dicts: ``{"type": <name>, ...driver settings}``.
+
+Built-in types: ``fake`` (pure-Python fakes), ``franka`` (franky), ``ur`` (ur_rtde) for robots;
+``fake`` and ``realsense`` for cameras. Any other driver, a simulated one included, is named by
+``factory: "package.module:callable"``; the callable gets the remaining settings and the clock's
+``now`` and returns the driver (this is how ``sim`` plugs its robot in without ``runtime``
+importing it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from policy.config_utils import from_dict
+from runtime.drivers.base import Camera, Robot
+
+Now = Callable[[], float]
+
+
+def _plugin(spec: str) -> Callable[..., Any]:
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"factory must look like 'package.module:callable', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load driver factory {spec!r}: {e}") from e
+
+
+def _split(spec: Mapping[str, Any], what: str) -> tuple[str | None, str | None, dict[str, Any]]:
+    params = dict(spec)
+    kind, factory = params.pop("type", None), params.pop("factory", None)
+    if (kind is None) == (factory is None):
+        raise ValueError(f"{what} config needs exactly one of 'type' or 'factory', got {sorted(spec)}")
+    return kind, factory, params
+
+
+def make_robot(spec: Mapping[str, Any], now: Now) -> Robot:
+    kind, factory, params = _split(spec, "robot")
+    if factory:
+        return _plugin(factory)(params, now)
+    if kind == "fake":
+        unknown = set(params) - {"start_pose", "tracking"}
+        if unknown:
+            raise ValueError(f"unknown robot setting(s) {sorted(unknown)} for type fake")
+        from runtime.drivers.fake import FakeRobot
+
+        start = params.get("start_pose")
+        return FakeRobot(now, None if start is None else np.asarray(start, float), params.get("tracking", 1.0))
+    if kind == "franka":
+        from runtime.drivers.franka import FrankaConfig, FrankaRobot
+
+        return FrankaRobot(from_dict(FrankaConfig, params, "robot"), now=now)
+    if kind == "ur":
+        from runtime.drivers.ur import URConfig, URRobot
+
+        return URRobot(from_dict(URConfig, params, "robot"), now=now)
+    raise ValueError(f"unknown robot type {kind!r}; built in: fake, franka, ur (or give a factory)")
+
+
+def make_camera(spec: Mapping[str, Any], now: Now) -> Camera:
+    kind, factory, params = _split(spec, "camera")
+    if factory:
+        return _plugin(factory)(params, now)
+    if kind == "fake":
+        unknown = set(params) - {"height", "width"}
+        if unknown:
+            raise ValueError(f"unknown camera setting(s) {sorted(unknown)} for type fake")
+        from runtime.drivers.fake import FakeCamera
+
+        return FakeCamera(now, (int(params.get("height", 96)), int(params.get("width", 96))))
+    if kind == "realsense":
+        from runtime.drivers.realsense import RealSenseCamera, RealSenseConfig
+
+        return RealSenseCamera(from_dict(RealSenseConfig, params, "camera"), now=now)
+    raise ValueError(f"unknown camera type {kind!r}; built in: fake, realsense (or give a factory)")

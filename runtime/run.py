@@ -1,0 +1,128 @@
+"""Run a trained checkpoint on a robot: ``python -m runtime.run checkpoint=<dir> robot=franka ...``.
+
+Hydra config ``configs/run.yaml`` with groups ``robot/`` and ``camera/``; ``dry_run=true`` streams the
+commands to ``<log_dir>/commands.jsonl`` without moving the arm. Ctrl-C, SIGTERM or the e-stop key stop
+the robot and end the run; the run's metrics are appended to ``<log_dir>/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.clock import WallClock
+from runtime.controller import Controller, ControllerConfig, ControllerError
+from runtime.factory import make_camera, make_robot
+from runtime.metrics import RunMetrics
+from runtime.safety import SafetyConfig, SafetyLayer
+
+log = logging.getLogger("runtime.run")
+
+
+@dataclass
+class InferenceConfig:
+    worker: str = "process"  # process: a child process (no GIL contention with the loop) | thread
+    device: str = "cpu"
+    num_threads: int = 1  # torch threads for inference; leave cores to the loop and the drivers
+    num_inference_steps: int | None = None  # None: the checkpoint's
+    sampler: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.worker not in ("process", "thread"):
+            raise ValueError(f"inference.worker must be 'process' or 'thread', got {self.worker!r}")
+        if self.num_threads < 0:
+            raise ValueError(f"inference.num_threads must be >= 0, got {self.num_threads}")
+
+
+@dataclass
+class RunConfig:
+    checkpoint: str = ""
+    robot: dict[str, Any] = field(default_factory=lambda: {"type": "fake"})
+    cameras: dict[str, dict[str, Any]] = field(default_factory=dict)  # obs key -> camera config
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    duration_s: float = 60.0
+    dry_run: bool = False
+    log_dir: str = "runs/robot"
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("checkpoint is empty: pass checkpoint=<checkpoint or training run folder>")
+        if not self.duration_s > 0:
+            raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+
+
+def _worker(cfg: RunConfig, clock: WallClock):
+    from runtime.inference import ProcessWorker, ThreadedWorker
+
+    inf = cfg.inference
+    overrides = {k: v for k, v in (("num_inference_steps", inf.num_inference_steps), ("sampler", inf.sampler))
+                 if v is not None}
+    if inf.worker == "process":
+        return ProcessWorker(cfg.checkpoint, clock, device=inf.device, num_threads=inf.num_threads, **overrides)
+    import torch
+
+    from policy.policy import Policy
+
+    if inf.num_threads > 0:
+        torch.set_num_threads(inf.num_threads)
+    return ThreadedWorker(Policy.from_pretrained(cfg.checkpoint, device=inf.device, **overrides), clock)
+
+
+def run(cfg: RunConfig, stop_event=None) -> RunMetrics:
+    """Connect the devices, run the controller for ``duration_s``, stop the robot, write the metrics."""
+    from runtime.drivers.dry_run import DryRunRobot
+
+    log_dir = Path(cfg.log_dir)
+    clock = WallClock()
+    sys.setswitchinterval(0.001)  # a loop thread waiting for the GIL wakes within 1 ms, not 5 ms
+    robot = make_robot(cfg.robot, clock.now)
+    if cfg.dry_run:
+        robot = DryRunRobot(robot, log_dir / "commands.jsonl")
+    cameras = {key: make_camera(spec, clock.now) for key, spec in cfg.cameras.items()}
+    with ExitStack() as stack:
+        worker = _worker(cfg, clock)
+        stack.callback(worker.close)
+        stack.enter_context(robot)
+        for cam in cameras.values():
+            stack.enter_context(cam)
+        ctrl = Controller(robot, cameras, worker, SafetyLayer(cfg.safety, 1.0 / cfg.controller.hz), clock,
+                          cfg.controller, stop_event)
+        try:
+            metrics = ctrl.run(duration_s=cfg.duration_s)
+        except ControllerError as e:
+            log.error("run stopped: %s", e)
+            metrics = ctrl.metrics
+        finally:
+            ctrl.metrics.write_jsonl(log_dir / "metrics.jsonl", checkpoint=cfg.checkpoint, dry_run=cfg.dry_run)
+    return metrics
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from policy.config_utils import from_dict
+
+    @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "configs"), config_name="run",
+                version_base="1.3")
+    def _main(dcfg: DictConfig) -> None:
+        from runtime.estop import EStop
+
+        cfg = from_dict(RunConfig, OmegaConf.to_container(dcfg, resolve=True))
+        with EStop() as estop:
+            metrics = run(cfg, estop.event)
+        print({k: v for k, v in metrics.summary().items() if v is not None})
+        if metrics.stop_reason not in ("completed", "stop_requested"):
+            sys.exit(1)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()
