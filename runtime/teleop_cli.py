@@ -1,0 +1,71 @@
+"""``python -m runtime.teleop out=<demos.zarr>``: record demos by teleoperation (hydra: configs/teleop.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.clock import WallClock
+from runtime.estop import EStop
+from runtime.recorder import EpisodeRecorder
+from runtime.safety import SafetyConfig
+from runtime.teleop import TeleopConfig, run_teleop
+from runtime.teleop_devices import TeleopDevice
+
+
+@dataclass
+class TeleopRunConfig:
+    """``configs/teleop.yaml``: record demos with ``python -m runtime.teleop out=<demos.zarr>``."""
+
+    out: str = ""  # the zarr replay buffer episodes are appended to (created if missing)
+    device: str = "keyboard"  # keyboard | spacemouse | spacemouse+keyboard (mouse moves, keys record)
+    keyboard: Any = None  # KeyboardConfig settings
+    spacemouse: Any = None  # SpaceMouseConfig settings
+    robot: dict[str, Any] = field(default_factory=lambda: {"type": "fake"})
+    cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    teleop: TeleopConfig = field(default_factory=TeleopConfig)
+    duration_s: float | None = None  # None: until quit / e-stop
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("out is empty: pass out=<path of the zarr dataset to record into>")
+        if self.device not in ("keyboard", "spacemouse", "spacemouse+keyboard"):
+            raise ValueError(f"device must be keyboard, spacemouse or spacemouse+keyboard, got {self.device!r}")
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from policy.config_utils import from_dict
+    from runtime.factory import make_camera, make_robot
+    from runtime.teleop_devices import (
+        CombinedDevice,
+        KeyboardConfig,
+        KeyboardDevice,
+        SpaceMouseConfig,
+        SpaceMouseDevice,
+    )
+
+    @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "configs"), config_name="teleop",
+                version_base="1.3")
+    def _main(dcfg: DictConfig) -> None:
+        cfg = from_dict(TeleopRunConfig, OmegaConf.to_container(dcfg, resolve=True))
+        clock, estop = WallClock(), EStop()
+        kb_cfg = from_dict(KeyboardConfig, cfg.keyboard or {}, "keyboard")
+        devices: list[TeleopDevice] = []
+        if "spacemouse" in cfg.device:
+            devices.append(SpaceMouseDevice(from_dict(SpaceMouseConfig, cfg.spacemouse or {}, "spacemouse")))
+        if "keyboard" in cfg.device:
+            devices.append(KeyboardDevice(kb_cfg, clock.now, estop=estop))
+        device = devices[0] if len(devices) == 1 else CombinedDevice(*devices)
+        result = run_teleop(make_robot(cfg.robot, clock.now),
+                            {k: make_camera(v, clock.now) for k, v in cfg.cameras.items()}, device,
+                            EpisodeRecorder(cfg.out, tuple(cfg.cameras)), cfg.teleop, cfg.safety, clock, estop,
+                            duration_s=cfg.duration_s)
+        print(result.summary())
+
+    _main()
+
