@@ -116,6 +116,8 @@ def main() -> None:
 
         cfg = from_dict(RunConfig, OmegaConf.to_container(dcfg, resolve=True))
         with EStop() as estop:
+            if sys.stdin.isatty():
+                estop.listen_keys(("ESC", "q"))  # the software e-stop key
             metrics = run(cfg, estop.event)
         print({k: v for k, v in metrics.summary().items() if v is not None})
         if metrics.stop_reason not in ("completed", "stop_requested"):
