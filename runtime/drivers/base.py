@@ -7,16 +7,46 @@ convention: position (m, 3) + 6D rotation (6) + gripper width (m, 1), robot base
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 
 class DriverError(RuntimeError):
     """A device is unreachable, disconnected or refused a command; the message names the device."""
+
+
+def check_target(target: np.ndarray, name: str) -> np.ndarray:
+    """(10,) finite float64 copy of an action, else ValueError naming the device."""
+    t = np.asarray(target, dtype=np.float64).reshape(-1).copy()
+    if t.shape != (10,) or not np.all(np.isfinite(t)):
+        raise ValueError(f"{name}: target must be 10 finite numbers (pos 3, rot6d 6, gripper 1), got {target!r}")
+    return t
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Run a blocking call (e.g. a TCP connect) in a daemon thread; DriverError if it takes > timeout_s."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller below
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"connect {what}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise DriverError(f"{what}: no answer within {timeout_s:.1f} s (wrong address, or FCI not enabled?)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 @dataclass

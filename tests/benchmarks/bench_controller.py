@@ -37,32 +37,33 @@ class SleepyPolicy:
         return chunk
 
 
-def network_policy(tmp: Path):
-    from policy.config import PolicyConfig
+def network_checkpoint(tmp: Path) -> Path:
+    """An untrained default-CPU-config checkpoint (latency does not depend on the weights)."""
+    from policy.checkpoint import save_checkpoint
+    from policy.config import Config, PolicyConfig
     from policy.config_utils import from_dict
     from policy.data.synthetic import make_synthetic_dataset
     from policy.model import DiffusionPolicyModel
     from policy.normalizer import Normalizer
-    from policy.policy import Policy
 
     cfg = from_dict(PolicyConfig, load_default_policy_dict())
     arrays = make_synthetic_dataset(tmp / "d.zarr", n_episodes=2, episode_len=20).load(["ee_pose", "gripper", "action"])
-    return Policy(DiffusionPolicyModel(cfg), Normalizer.fit(arrays), cfg, device="cpu")
+    return save_checkpoint(tmp / "ckpt", Config(policy=cfg), DiffusionPolicyModel(cfg), Normalizer.fit(arrays), {})
 
 
-def run_once(policy, seconds: float) -> dict:
+def run_once(make_worker, seconds: float) -> dict:
     from runtime.clock import WallClock
     from runtime.controller import Controller, ControllerConfig
     from runtime.drivers.fake import FakeCamera, FakeRobot
-    from runtime.inference import ThreadedWorker
     from runtime.safety import SafetyConfig, SafetyLayer
 
+    sys.setswitchinterval(0.001)  # as runtime.run does
     clock = WallClock()
     robot = FakeRobot(clock.now, start_pose=np.array([0.3, 0, 0.3, 1, 0, 0, 0, 1, 0]))
     cams = {k: FakeCamera(clock.now) for k in ("scene_rgb", "wrist_rgb")}
     for d in (robot, *cams.values()):
         d.connect()
-    worker = ThreadedWorker(policy, clock)
+    worker = make_worker(clock)
     try:
         ctrl = Controller(robot, cams, worker, SafetyLayer(SafetyConfig(), 0.1), clock, ControllerConfig(hz=10.0))
         return ctrl.run(duration_s=seconds).summary()
@@ -75,11 +76,19 @@ def main() -> None:
                       lambda p: p.add_argument("--seconds", type=float, default=60.0, help="run length per policy"))
     import torch
 
+    from policy.policy import Policy
+    from runtime.inference import ProcessWorker, ThreadedWorker
+
     torch.set_num_threads(args.threads)
     seconds = 8.0 if args.quick else args.seconds
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"fake_policy": run_once(SleepyPolicy(0.3), seconds),
-                "network": run_once(network_policy(Path(tmp)), seconds)}
+        ckpt = network_checkpoint(Path(tmp))
+        net = Policy.from_pretrained(ckpt, device="cpu")
+        runs = {  # the network in a child process is runtime.run's default; in a thread for comparison
+            "fake_policy": run_once(lambda c: ThreadedWorker(SleepyPolicy(0.3), c), seconds),
+            "network": run_once(lambda c: ProcessWorker(str(ckpt), c, num_threads=args.threads), seconds),
+            "network_thread": run_once(lambda c: ThreadedWorker(net, c), seconds),
+        }
     results: dict = {"run_seconds": seconds, "hz": 10.0}
     rows = []
     for name, s in runs.items():
