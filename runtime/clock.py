@@ -57,3 +57,16 @@ class SimClock(Clock):
     def advance(self, dt: float) -> None:
         with self._lock:
             self._t += float(dt)
+
+
+def wait_for_tick(clock: Clock, t0: float, dt: float, tick: int) -> tuple[int, int]:
+    """Sleep to the absolute deadline of ``tick`` (``t0 + tick * dt``).
+
+    A loop that fell more than a period behind skips the missed ticks instead of bursting through
+    them. Returns (the tick to run now, how many were skipped).
+    """
+    behind = clock.now() - (t0 + tick * dt)
+    skipped = int(behind // dt) if behind > dt else 0
+    tick += skipped
+    clock.sleep_until(t0 + tick * dt)
+    return tick, skipped

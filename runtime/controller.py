@@ -21,7 +21,7 @@ import numpy as np
 
 from policy import keys
 from runtime.buffer import ActionBuffer
-from runtime.clock import Clock
+from runtime.clock import Clock, wait_for_tick
 from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
 from runtime.inference import InferenceWorker
 from runtime.metrics import RunMetrics, TickRecord
@@ -194,15 +194,8 @@ class Controller:
                     m.trace.append(TickRecord(tick, now, sent, source, chunk_tick))
                 if self._want_chunk(tick):
                     self.worker.submit(self.window(history_before), tick)
-                tick += 1
-                next_deadline = t0 + tick * self.dt
-                behind = self.clock.now() - next_deadline
-                if behind > self.dt:  # fell more than a period behind: skip ticks, do not burst
-                    skipped = int(behind // self.dt)
-                    m.overruns += skipped
-                    tick += skipped
-                    next_deadline = t0 + tick * self.dt
-                self.clock.sleep_until(next_deadline)
+                tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)
+                m.overruns += skipped
             else:
                 m.stop_reason = "completed"
         except ControllerError as e:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from policy import keys
-from runtime.clock import Clock, WallClock
+from runtime.clock import Clock, WallClock, wait_for_tick
 from runtime.controller import target_from_state
 from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
 from runtime.estop import EStop
@@ -279,15 +279,8 @@ class TeleopLoop:
                 if self.keep_trace:
                     r.trace.append(sent.copy())
                 self._record(obs, sent, now)
-                tick += 1
-                next_deadline = t0 + tick * self.dt
-                behind = self.clock.now() - next_deadline
-                if behind > self.dt:  # fell more than a period behind: skip ticks, do not burst
-                    skipped = int(behind // self.dt)
-                    r.overruns += skipped
-                    tick += skipped
-                    next_deadline = t0 + tick * self.dt
-                self.clock.sleep_until(next_deadline)
+                tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)
+                r.overruns += skipped
             else:
                 r.stop_reason = "completed"
         except TeleopError as e:
