@@ -72,56 +72,73 @@ class SafetyResult:
 
 
 class SafetyLayer:
-    """Stateful filter: remembers the last command it let through and its velocity."""
+    """Stateful filter: remembers the last command it let through and its velocity.
+
+    Runs once per tick on the control loop: its state is kept as plain floats and numpy is touched
+    only at the boundary (one ``tolist`` in, one array out), which keeps it cheap even when the loop
+    wakes with cold caches.
+    """
 
     def __init__(self, cfg: SafetyConfig, dt: float):
         _need(dt > 0, f"dt must be > 0, got {dt}")
         self.cfg, self.dt = cfg, dt
         self._lo, self._hi = [float(v) for v in cfg.workspace_min], [float(v) for v in cfg.workspace_max]
-        self.last: np.ndarray | None = None  # (10,) last command let through
-        self.velocity = np.zeros(3)  # m/s of the last command
-        self.rot_velocity = np.zeros(3)  # rad/s (rotation vector per second) of the last command
+        self._last: list[float] | None = None  # (10,) last command let through
+        self._v = [0.0, 0.0, 0.0]  # m/s of the last command
+        self._w = [0.0, 0.0, 0.0]  # rad/s (rotation vector per second) of the last command
         self.counts: Counter[str] = Counter()
         self._stale_since: float | None = None
 
+    @property
+    def last(self) -> np.ndarray | None:
+        """(10,) the last command let through (None before ``reset``)."""
+        return None if self._last is None else np.array(self._last)
+
+    @property
+    def velocity(self) -> np.ndarray:
+        return np.array(self._v)
+
+    @property
+    def rot_velocity(self) -> np.ndarray:
+        return np.array(self._w)
+
     def reset(self, current: np.ndarray) -> None:
         """Start from the robot's current target (10,): velocity zero, nothing stale."""
-        self.last = self._clip_static(np.asarray(current, float).copy(), [])
-        self.velocity[:] = 0
-        self.rot_velocity[:] = 0
+        cmd = np.asarray(current, dtype=float).reshape(-1).tolist()
+        _need(len(cmd) == ACTION_DIM and all(map(math.isfinite, cmd)),
+              f"safety.reset needs a finite ({ACTION_DIM},) target, got {current!r}")
+        self._last = self._clip_static(cmd, [])
+        self._v, self._w = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
         self._stale_since = None
 
     def _note(self, reasons: list[str], reason: str) -> None:
         reasons.append(reason)
         self.counts[reason] += 1
 
-    def _clip_static(self, cmd: np.ndarray, reasons: list[str]) -> np.ndarray:
-        pos = cmd[:3].tolist()
-        clipped = [min(max(p, lo), hi) for p, lo, hi in zip(pos, self._lo, self._hi)]
-        if clipped != pos:
+    def _clip_static(self, cmd: list[float], reasons: list[str]) -> list[float]:
+        clipped = [min(max(p, lo), hi) for p, lo, hi in zip(cmd[:3], self._lo, self._hi)]
+        if clipped != cmd[:3]:
             self._note(reasons, "workspace")
             cmd[:3] = clipped
-        g = float(cmd[9])
-        g_clipped = min(max(g, self.cfg.gripper_min), self.cfg.gripper_max)
-        if g_clipped != g:
+        g = min(max(cmd[9], self.cfg.gripper_min), self.cfg.gripper_max)
+        if g != cmd[9]:
             self._note(reasons, "gripper_range")
-            cmd[9] = g_clipped
+            cmd[9] = g
         return cmd
 
     def hold(self, reason: str | None = None) -> SafetyResult:
         """Repeat the last command with zero velocity (e.g. on an underrun)."""
-        if self.last is None:
+        if self._last is None:
             raise RuntimeError("SafetyLayer.hold before reset(): no target to hold")
         reasons: list[str] = []
         if reason:
             self._note(reasons, reason)
-        self.velocity[:] = 0
-        self.rot_velocity[:] = 0
-        return SafetyResult(self.last.copy(), reasons)
+        self._v, self._w = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        return SafetyResult(np.array(self._last), reasons)
 
     def check_staleness(self, ages: dict[str, float], now: float) -> SafetyResult | None:
         """``ages``: seconds since each observation source last updated. None when all are fresh."""
-        stale = sorted(k for k, age in ages.items() if not np.isfinite(age) or age > self.cfg.stale_hold_s)
+        stale = sorted(k for k, age in ages.items() if not math.isfinite(age) or age > self.cfg.stale_hold_s)
         if not stale:
             self._stale_since = None
             return None
@@ -136,62 +153,57 @@ class SafetyLayer:
 
     def check(self, target: np.ndarray) -> SafetyResult:
         """Filter one requested target (10,) into a command that respects every limit."""
-        if self.last is None:
+        if self._last is None:
             raise RuntimeError("SafetyLayer.check before reset(): call reset(current_target) first")
-        target = np.asarray(target, dtype=float)
-        if target.shape != (ACTION_DIM,):
-            raise ValueError(f"safety: target must have shape ({ACTION_DIM},), got {target.shape}")
-        if not np.all(np.isfinite(target)):
+        if getattr(target, "shape", None) != (ACTION_DIM,):
+            raise ValueError(f"safety: target must have shape ({ACTION_DIM},), got {getattr(target, 'shape', None)}")
+        cmd = target.tolist()
+        if not all(map(math.isfinite, cmd)):
             res = self.hold("nonfinite_action")
             log.warning("rejected a non-finite action %s; holding", target)
             return res
         reasons: list[str] = []
-        cmd = self._clip_static(target.copy(), reasons)
+        cmd = self._clip_static(cmd, reasons)
         cmd[:3] = self._limit_translation(cmd[:3], reasons)
         cmd[3:9] = self._limit_rotation(cmd[3:9], reasons)
-        self.last = cmd
-        if reasons:
-            log.debug("safety interventions %s", reasons)
-        return SafetyResult(cmd.copy(), reasons)
+        self._last = cmd
+        return SafetyResult(np.array(cmd), reasons)
 
-    def _limit_translation(self, pos: np.ndarray, reasons: list[str]) -> np.ndarray:
-        dt, c = self.dt, self.cfg
-        last = self.last[:3].tolist()
-        v = [(float(p) - q) / dt for p, q in zip(pos, last)]
-        pv = self.velocity.tolist()
-        dv = [a - b for a, b in zip(v, pv)]
-        dv_norm = math.sqrt(sum(x * x for x in dv))
+    def _limit_translation(self, pos: list[float], reasons: list[str]) -> list[float]:
+        dt, c, last, pv = self.dt, self.cfg, self._last, self._v
+        v = [(pos[i] - last[i]) / dt for i in range(3)]
+        dv = [v[i] - pv[i] for i in range(3)]
+        dv_norm = math.sqrt(dv[0] * dv[0] + dv[1] * dv[1] + dv[2] * dv[2])
         if dv_norm > c.max_accel * dt:
             k = c.max_accel * dt / dv_norm
-            v = [b + x * k for b, x in zip(pv, dv)]
+            v = [pv[i] + dv[i] * k for i in range(3)]
             self._note(reasons, "accel")
-        speed = math.sqrt(sum(x * x for x in v))
+        speed = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
         if speed > c.max_speed:
             v = [x * (c.max_speed / speed) for x in v]
             self._note(reasons, "speed")
-        self.velocity = np.array(v)
-        return np.array([q + x * dt for q, x in zip(last, v)])
+        self._v = v
+        return [last[i] + v[i] * dt for i in range(3)]
 
-    def _limit_rotation(self, r6: np.ndarray, reasons: list[str]) -> np.ndarray:
-        dt, c = self.dt, self.cfg
-        r_last = rot6d_to_mat3(self.last[3:9].tolist())
-        r_target = rot6d_to_mat3(r6.tolist())
+    def _limit_rotation(self, r6: list[float], reasons: list[str]) -> list[float]:
+        dt, c, pw = self.dt, self.cfg, self._w
+        r_last = rot6d_to_mat3(self._last[3:9])
+        r_target = rot6d_to_mat3(r6)
         w = [x / dt for x in mat3_to_axis_angle(mat3_mul_t(r_target, r_last))]  # rad/s, base frame
-        pw = self.rot_velocity.tolist()
-        dw = [a - b for a, b in zip(w, pw)]
-        dw_norm = math.sqrt(sum(x * x for x in dw))
+        dw = [w[i] - pw[i] for i in range(3)]
+        dw_norm = math.sqrt(dw[0] * dw[0] + dw[1] * dw[1] + dw[2] * dw[2])
         limited = False
         if dw_norm > c.max_rot_accel * dt:
             k = c.max_rot_accel * dt / dw_norm
-            w = [b + x * k for b, x in zip(pw, dw)]
+            w = [pw[i] + dw[i] * k for i in range(3)]
             self._note(reasons, "rot_accel")
             limited = True
-        rate = math.sqrt(sum(x * x for x in w))
+        rate = math.sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2])
         if rate > c.max_rot_speed:
             w = [x * (c.max_rot_speed / rate) for x in w]
             self._note(reasons, "rot_speed")
             limited = True
-        self.rot_velocity = np.array(w)
+        self._w = w
         if not limited:
-            return np.array(mat3_to_rot6d(r_target))
-        return np.array(mat3_to_rot6d(mat3_mul(axis_angle_to_mat3(*(x * dt for x in w)), r_last)))
+            return mat3_to_rot6d(r_target)
+        return mat3_to_rot6d(mat3_mul(axis_angle_to_mat3(w[0] * dt, w[1] * dt, w[2] * dt), r_last))

@@ -86,7 +86,7 @@ def main() -> None:
         net = Policy.from_pretrained(ckpt, device="cpu")
         runs = {  # the network in a child process is runtime.run's default; in a thread for comparison
             "fake_policy": run_once(lambda c: ThreadedWorker(SleepyPolicy(0.3), c), seconds),
-            "network": run_once(lambda c: ProcessWorker(str(ckpt), c, num_threads=args.threads), seconds),
+            "network": run_once(lambda c: ProcessWorker(str(ckpt), c, num_threads=1), seconds),  # runtime.run default
             "network_thread": run_once(lambda c: ThreadedWorker(net, c), seconds),
         }
     results: dict = {"run_seconds": seconds, "hz": 10.0}
