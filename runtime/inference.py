@@ -176,12 +176,16 @@ def _serve_process(conn, checkpoint: str, device: str, num_threads: int, overrid
             return
         window, obs_tick = request
         chunk, err = _predict(policy, window)
-        conn.send(("result", (obs_tick, chunk, None if err is None else repr(err))))
+        # time.monotonic is one clock for all processes: the parent measures latency up to here
+        conn.send(("result", (obs_tick, chunk, None if err is None else repr(err), time.monotonic())))
 
 
 class ProcessWorker(InferenceWorker):
     """Runs ``Policy.from_pretrained(checkpoint)`` in a child process: inference never competes with the
-    control loop for the GIL. ``overrides`` go to ``from_pretrained`` (num_inference_steps, sampler)."""
+    control loop for the GIL. ``overrides`` go to ``from_pretrained`` (num_inference_steps, sampler).
+
+    For real robots: the clock must be ``time.monotonic`` (``WallClock``), which the child shares.
+    """
 
     def __init__(self, checkpoint: str, clock: Clock, device: str = "cpu", num_threads: int = 1,
                  start_timeout_s: float = 120.0, **overrides):
@@ -199,7 +203,12 @@ class ProcessWorker(InferenceWorker):
         if not self._conn.poll(start_timeout_s):
             self.close()
             raise RuntimeError(f"inference process did not load {checkpoint} within {start_timeout_s} s")
-        kind, payload = self._conn.recv()
+        try:
+            kind, payload = self._conn.recv()
+        except EOFError:
+            self.close()
+            raise RuntimeError(f"inference process exited while loading {checkpoint} "
+                               f"(exit code {self._proc.exitcode})") from None
         if kind != "ready":
             self.close()
             raise RuntimeError(f"inference process could not load {checkpoint}: {payload}")
@@ -226,9 +235,9 @@ class ProcessWorker(InferenceWorker):
                 err = RuntimeError(f"inference process died (exit code {self._proc.exitcode})")
                 return InferenceResult(-1, None, err, self.clock.now() - t0)
             return None
-        _, (obs_tick, chunk, err) = self._conn.recv()
+        _, (obs_tick, chunk, err, t_done) = self._conn.recv()
         t0, self._pending = self._pending, None
-        return InferenceResult(obs_tick, chunk, None if err is None else RuntimeError(err), self.clock.now() - t0)
+        return InferenceResult(obs_tick, chunk, None if err is None else RuntimeError(err), t_done - t0)
 
     def close(self) -> None:
         try:

@@ -1,0 +1,144 @@
+"""The runtime's ``Robot`` and ``Camera`` interfaces on top of one simulated task env.
+
+``SimRobot`` owns (or shares) a ``TableTopEnv``: ``write(target)`` applies the absolute target and steps
+the env by one control period; ``read()`` returns the measured TCP pose and width stamped with the
+clock's ``now``. ``SimCamera`` returns the robot's last rendered frame of one view. The physics state
+after a ``write`` at clock time t is the state at t + dt (the control period), so frames are stamped
+t + dt, never later than ``now`` (on a ``SimClock`` the next tick reads them at age 0).
+
+Hydra/``runtime.factory`` plug-in: ``robot: {factory: "sim.drivers:make_sim_robot", task: pick_place,
+seed: 0, ...task config}`` and, for each camera, ``{factory: "sim.drivers:make_sim_camera", view:
+scene_rgb}``. The cameras find the robot by ``name`` (default ``sim``), so the robot is built first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from policy import keys
+from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState, check_target
+from sim.env import TableTopEnv
+
+Now = Callable[[], float]
+_ROBOTS: weakref.WeakValueDictionary[str, SimRobot] = weakref.WeakValueDictionary()
+
+
+class SimRobot(Robot):
+    """A simulated arm: one env step per ``write``. ``info`` holds the last step's info (``is_success``,
+    ``score``); ``reset(seed)`` starts a new episode. ``close()`` closes the env if ``owns_env``."""
+
+    name = "sim_robot"
+
+    def __init__(self, env: TableTopEnv, now: Now = time.monotonic, seed: int | None = None, owns_env: bool = False):
+        super().__init__(now)
+        self.env, self.seed, self.owns_env = env, seed, owns_env
+        self.dt = 1.0 / env.cfg.control_hz
+        self.frame_time = -math.inf  # clock time the last rendered frames show
+        self.info: dict[str, Any] = {}
+        self.stopped = False
+
+    def reset(self, seed: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Reset the env (a new episode, frames stamped now) and accept commands again."""
+        obs, self.info = self.env.reset(seed=seed)
+        self.frame_time = self.now()
+        self.stopped = False
+        return obs, self.info
+
+    def connect(self) -> None:
+        """Reset the env with ``seed`` unless it already holds an episode (then its frames count as new)."""
+        if self.env.last_obs is None:
+            self.reset(self.seed)
+        elif self.frame_time == -math.inf:
+            self.frame_time = self.now()
+        self.connected = True
+
+    def close(self) -> None:
+        self.connected = False
+        if self.owns_env:
+            self.env.close()
+
+    def _require(self) -> dict[str, np.ndarray]:
+        obs = self.env.last_obs
+        if not self.connected or obs is None:
+            raise DriverError(f"{self.name}: not connected")
+        return obs
+
+    def read(self) -> RobotState:
+        obs = self._require()
+        return RobotState(obs[keys.EE_POSE].astype(np.float64), obs[keys.GRIPPER].astype(np.float64), self.now())
+
+    def write(self, target: np.ndarray) -> np.ndarray:
+        """Step the env toward ``target`` (10,); returns the target as the env applies it (position in the
+        workspace, rotation re-orthonormalized, width in range)."""
+        target = check_target(target, self.name)
+        self._require()
+        if self.stopped:
+            raise DriverError(f"{self.name}: stopped, refusing commands (reset() starts a new episode)")
+        t = self.now()
+        sent = self.env.clip_action(target)
+        _, _, _, _, self.info = self.env.step(sent)
+        self.frame_time = t + self.dt
+        return sent
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def frame(self, view: str) -> CameraFrame:
+        """The last rendered image of ``view`` (an observation key) and the time it shows (<= now)."""
+        obs = self._require()
+        return CameraFrame(obs[view], min(self.frame_time, self.now()))
+
+
+class SimCamera(Camera):
+    """One view (``scene_rgb`` or ``wrist_rgb``) of a ``SimRobot``'s env."""
+
+    def __init__(self, robot: SimRobot, view: str, now: Now | None = None):
+        super().__init__(now or robot.now)
+        if view not in keys.IMAGE_KEYS:
+            raise ValueError(f"view must be one of {keys.IMAGE_KEYS}, got {view!r}")
+        self.robot, self.view = robot, view
+        self.name = f"sim_camera[{view}]"
+
+    def connect(self) -> None:
+        self.connected = True
+
+    def close(self) -> None:
+        self.connected = False
+
+    def read(self) -> CameraFrame:
+        if not self.connected:
+            raise DriverError(f"{self.name}: not connected")
+        return self.robot.frame(self.view)
+
+
+def make_sim_robot(params: Mapping[str, Any], now: Now) -> SimRobot:
+    """``runtime.factory`` plug-in: ``task`` (default ``pick_place``), ``seed`` (first reset), ``name``
+    (for the cameras, default ``sim``); every other key goes to the task's config (unknown keys fail)."""
+    from sim.tasks import make_env
+
+    params = dict(params)
+    task, seed, name = params.pop("task", "pick_place"), params.pop("seed", None), str(params.pop("name", "sim"))
+    robot = SimRobot(make_env(task, params), now, seed=seed, owns_env=True)
+    _ROBOTS[name] = robot
+    return robot
+
+
+def make_sim_camera(params: Mapping[str, Any], now: Now) -> SimCamera:
+    """``runtime.factory`` plug-in: ``view`` (``scene_rgb`` | ``wrist_rgb``) of the robot named ``robot``
+    (default ``sim``), which must have been built first."""
+    params = dict(params)
+    view, robot_name = params.pop("view", None), str(params.pop("robot", "sim"))
+    if params:
+        raise ValueError(f"unknown sim camera setting(s) {sorted(params)}; valid: view, robot")
+    if view is None:
+        raise ValueError(f"sim camera needs 'view' (one of {keys.IMAGE_KEYS})")
+    robot = _ROBOTS.get(robot_name)
+    if robot is None:
+        raise ValueError(f"no sim robot named {robot_name!r}: build the robot (make_sim_robot) before its cameras")
+    return SimCamera(robot, view, now)
