@@ -16,7 +16,9 @@ class ChunkPolicy(Protocol):
     ``obs_window`` maps each key in ``obs_keys`` to an array with a leading time axis of
     ``n_obs_steps`` frames, oldest first: camera images (To, H, W, 3) uint8, low-dim state
     (To, D) float, and ``action_history`` (To, A): the last actions actually sent to the robot
-    before the newest observation. The result is (chunk_len, action_dim) float32 in robot units;
+    before the newest observation (before the first one is sent, the runtime fills it with the hold
+    target, i.e. the measured pose and gripper width; training windows repeat the episode's first
+    action there). The result is (chunk_len, action_dim) float32 in robot units;
     row ``i`` is meant for ``t_obs + i * dt`` where ``t_obs`` is the newest observation's time.
     """
 
