@@ -21,7 +21,7 @@ import numpy as np
 
 from policy import keys
 from runtime.buffer import ActionBuffer
-from runtime.clock import Clock, wait_for_tick
+from runtime.clock import Clock, frozen_gc, wait_for_tick
 from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
 from runtime.inference import InferenceWorker
 from runtime.metrics import RunMetrics, TickRecord
@@ -168,36 +168,8 @@ class Controller:
         n_ticks = max_ticks if max_ticks is not None else math.ceil(duration_s * self.cfg.hz)
         m = self.metrics
         try:
-            start = self.robot.read()
-            current = target_from_state(start)
-            self.safety.reset(current)
-            self._history.extend([current] * self._history.maxlen)
-            t0 = self.clock.now()
-            tick = 0
-            while tick < n_ticks:
-                if self.stop_event.is_set():
-                    m.stop_reason = "stop_requested"
-                    break
-                deadline = t0 + tick * self.dt
-                now = self.clock.now()
-                m.tick_jitter_s.append(now - deadline)
-                state, ages = self._read(now)
-                history_before = list(self._history)
-                self._receive(tick)
-                res, source, chunk_tick = self._command(tick, ages, now)
-                m.interventions.update(res.reasons)
-                if res.stop:
-                    raise ControllerError(f"observations stale for too long ({res.reasons}); stopped")
-                sent = np.asarray(self.robot.write(res.command), dtype=np.float64)
-                self._history.append(sent)
-                if self.cfg.keep_trace:
-                    m.trace.append(TickRecord(tick, now, sent, source, chunk_tick))
-                if self._want_chunk(tick):
-                    self.worker.submit(self.window(history_before), tick)
-                tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)
-                m.overruns += skipped
-            else:
-                m.stop_reason = "completed"
+            with frozen_gc():
+                self._loop(n_ticks)
         except ControllerError as e:
             m.stop_reason, m.error = "fault", str(e)
             raise
@@ -210,3 +182,37 @@ class Controller:
             except Exception as e:  # noqa: BLE001 - stopping must not mask the original error
                 log.error("robot.stop() failed: %r", e)
         return m
+
+    def _loop(self, n_ticks: int) -> None:
+        """The ticks themselves; ``run`` handles faults and always stops the robot."""
+        m = self.metrics
+        start = self.robot.read()
+        current = target_from_state(start)
+        self.safety.reset(current)
+        self._history.extend([current] * self._history.maxlen)
+        t0 = self.clock.now()
+        tick = 0
+        while tick < n_ticks:
+            if self.stop_event.is_set():
+                m.stop_reason = "stop_requested"
+                break
+            deadline = t0 + tick * self.dt
+            now = self.clock.now()
+            m.tick_jitter_s.append(now - deadline)
+            state, ages = self._read(now)
+            history_before = list(self._history)
+            self._receive(tick)
+            res, source, chunk_tick = self._command(tick, ages, now)
+            m.interventions.update(res.reasons)
+            if res.stop:
+                raise ControllerError(f"observations stale for too long ({res.reasons}); stopped")
+            sent = np.asarray(self.robot.write(res.command), dtype=np.float64)
+            self._history.append(sent)
+            if self.cfg.keep_trace:
+                m.trace.append(TickRecord(tick, now, sent, source, chunk_tick))
+            if self._want_chunk(tick):
+                self.worker.submit(self.window(history_before), tick)
+            tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)
+            m.overruns += skipped
+        else:
+            m.stop_reason = "completed"
