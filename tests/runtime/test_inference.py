@@ -46,7 +46,7 @@ def test_process_worker_serves_chunks_and_reports_bad_requests(checkpoint):
             worker.submit(window, obs_tick=8)
         res = _wait(worker)
         assert res.obs_tick == 7 and res.error is None and res.chunk.shape == (8, 10)
-        assert np.all(np.isfinite(res.chunk)) and res.latency_s > 0 and not worker.busy
+        assert np.all(np.isfinite(res.chunk)) and not worker.busy
         bad = dict(window)
         bad.pop("wrist_rgb")
         worker.submit(bad, obs_tick=9)
