@@ -1,0 +1,191 @@
+"""Collect scripted demonstrations into a zarr replay buffer, in parallel.
+
+``python -m sim.collect task=pick_place episodes=N out=<dir.zarr> [workers=2] [seed=0] [keep_failed=false]``
+
+Episodes with seeds ``seed, seed+1, ...`` are rolled out by the scripted demonstrator in a
+``multiprocessing`` spawn pool of ``workers`` processes (each builds its env once). The parent appends
+finished episodes to the buffer in seed order (out-of-order results wait in memory), keeping only the
+successful ones unless ``keep_failed``. Every attempted seed is recorded in ``<out>/collect_seeds.json``
+(a sorted JSON list, merged over appends) so that evaluation can avoid them.
+
+An episode holds, per control tick t (T ticks): ``scene_rgb``/``wrist_rgb`` (T, H, W, 3) uint8 and
+``ee_pose`` (T, 9), ``gripper`` (T, 1) float32 observed before the action, ``action`` (T, 10) float32
+the action applied at tick t, and ``timestamp`` (T,) float64 = t / control_hz (s, from the episode start).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy import keys
+from policy.data.replay_buffer import DatasetError, ReplayBuffer
+
+SEEDS_FILE = "collect_seeds.json"
+EPISODE_KEYS = (keys.SCENE_RGB, keys.WRIST_RGB, keys.EE_POSE, keys.GRIPPER, keys.ACTION, keys.TIMESTAMP)
+
+
+@dataclass
+class CollectConfig:
+    """What to collect and where; ``image_height``/``image_width`` (pixels) go to the task config."""
+
+    task: str = "pick_place"
+    episodes: int = 100  # episodes attempted (seeds seed .. seed + episodes - 1)
+    out: str = ""  # replay buffer folder (created, or appended to when it is one)
+    workers: int = 2  # spawn processes rolling out episodes
+    seed: int = 0  # first episode seed
+    keep_failed: bool = False  # also store episodes where the task did not succeed
+    image_height: int = 96
+    image_width: int = 96
+
+    def __post_init__(self) -> None:
+        from sim.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"task: unknown task {self.task!r}; known: {', '.join(sorted(TASKS))}")
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if not self.out:
+            raise ValueError("out must name the replay buffer folder (out=<dir.zarr>)")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.image_height < 1 or self.image_width < 1:
+            raise ValueError(f"image_height/image_width must be >= 1, got {self.image_height}x{self.image_width}")
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.episodes))
+
+
+# ----------------------------------------------------------------- worker side
+
+_ENV: Any = None
+
+
+def _init_worker(task: str, overrides: dict[str, Any]) -> None:
+    """Pool initializer: build this worker's env once."""
+    global _ENV
+    from sim.tasks import make_env
+
+    _ENV = make_env(task, overrides)
+
+
+def rollout_episode(env: Any, seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
+    """One demonstration from ``seed``: (seed, success, episode dict of the keys in ``EPISODE_KEYS``)."""
+    from sim.demo import rollout
+
+    res = rollout(env, seed)
+    obs = res["obs"]
+    dt = 1.0 / env.unwrapped.cfg.control_hz
+    episode = {k: np.stack([o[k] for o in obs]) for k in (keys.SCENE_RGB, keys.WRIST_RGB, keys.EE_POSE, keys.GRIPPER)}
+    episode[keys.ACTION] = np.asarray(res["actions"], dtype=np.float32)
+    episode[keys.TIMESTAMP] = np.arange(len(obs), dtype=np.float64) * dt
+    return seed, bool(res["success"]), episode
+
+
+def _collect_one(seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
+    return rollout_episode(_ENV, seed)
+
+
+# ----------------------------------------------------------------- parent side
+
+
+def _open_buffer(cfg: CollectConfig) -> ReplayBuffer:
+    """Open ``cfg.out`` for appending; DatasetError when it exists but is not a compatible replay buffer."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"out={out}: exists and is not a folder (refusing to overwrite it)")
+    try:
+        rb = ReplayBuffer.open(out, "a")
+    except DatasetError as e:
+        raise DatasetError(f"out={out}: exists and is not a replay buffer; choose a new path ({e})") from e
+    if rb.n_episodes > 0:
+        if set(rb.keys) != set(EPISODE_KEYS):
+            raise DatasetError(f"out={out}: cannot append, its keys {rb.keys} differ from {sorted(EPISODE_KEYS)}")
+        img = (cfg.image_height, cfg.image_width, 3)
+        try:
+            rb.validate({keys.SCENE_RGB: (img, "uint8"), keys.WRIST_RGB: (img, "uint8"),
+                         keys.ACTION: ((keys.ACTION_DIM,), "float32")})
+        except DatasetError as e:
+            raise DatasetError(f"out={out}: cannot append, the stored frames differ from this config: {e}") from e
+    return rb
+
+
+def _write_seeds(out: Path, seeds: list[int]) -> None:
+    """Merge ``seeds`` into ``<out>/collect_seeds.json`` (sorted, unique), atomically."""
+    path = out / SEEDS_FILE
+    old = json.loads(path.read_text()) if path.is_file() else []
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(sorted(set(old) | set(seeds))))
+    tmp.replace(path)
+
+
+def read_seeds(out: str | Path) -> list[int]:
+    """The seeds used to collect the buffer at ``out`` ([] when none are recorded)."""
+    path = Path(out) / SEEDS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
+    """Collect ``cfg.episodes`` demonstrations into ``cfg.out``; returns a summary dict."""
+    from tqdm import tqdm
+
+    rb = _open_buffer(cfg)
+    out = Path(cfg.out)
+    overrides = {"image_height": cfg.image_height, "image_width": cfg.image_width}
+    seeds = cfg.seeds
+    pending: dict[int, tuple[bool, dict[str, np.ndarray]]] = {}
+    done: list[int] = []
+    successes = kept = steps = 0
+    t0 = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    bar = tqdm(total=len(seeds), desc=f"collect {cfg.task}", unit="ep", disable=not progress)
+    try:
+        with ctx.Pool(min(cfg.workers, len(seeds)), initializer=_init_worker, initargs=(cfg.task, overrides)) as pool:
+            for seed, success, episode in pool.imap_unordered(_collect_one, seeds):
+                pending[seed] = (success, episode)
+                while seeds[len(done)] in pending:  # append in seed order
+                    s = seeds[len(done)]
+                    ok, ep = pending.pop(s)
+                    successes += ok
+                    if ok or cfg.keep_failed:
+                        rb.add_episode(ep)
+                        kept += 1
+                        steps += len(ep[keys.ACTION])
+                    done.append(s)
+                    bar.set_postfix(success=f"{successes}/{len(done)}", kept=kept, refresh=False)
+                    bar.update(1)
+                    if len(done) == len(seeds):
+                        break
+    finally:
+        bar.close()
+        if done:
+            _write_seeds(out, done)
+    return {"out": str(out), "attempted": len(done), "kept": kept, "successes": successes,
+            "success_rate": successes / max(len(done), 1), "steps": steps,
+            "seconds": round(time.perf_counter() - t0, 2), "n_episodes_total": rb.n_episodes}
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from policy.config_utils import from_dict
+
+    @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "configs"), config_name="collect",
+                version_base="1.3")
+    def _main(dcfg: DictConfig) -> None:
+        cfg = from_dict(CollectConfig, OmegaConf.to_container(dcfg, resolve=True))
+        print(collect(cfg))
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

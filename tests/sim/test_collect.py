@@ -1,0 +1,84 @@
+"""Parallel demo collection into a replay buffer: content, append, refusals, strict config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policy import keys
+from policy.config_utils import ConfigError, from_dict
+from policy.data.replay_buffer import DatasetError, ReplayBuffer
+from sim.collect import SEEDS_FILE, CollectConfig, collect
+
+H = W = 32
+
+
+def _cfg(out: Path, **kw) -> CollectConfig:
+    base = {"task": "pick_place", "episodes": 3, "out": str(out), "workers": 2, "seed": 0,
+            "image_height": H, "image_width": W}
+    return from_dict(CollectConfig, {**base, **kw})
+
+
+def test_collect_and_append(tmp_path):
+    out = tmp_path / "demos.zarr"
+    summary = collect(_cfg(out), progress=False)
+    assert summary["attempted"] == 3 and summary["kept"] == 3 and summary["success_rate"] == 1.0
+
+    rb = ReplayBuffer.open(out)
+    assert rb.n_episodes == 3 and rb.n_steps == summary["steps"]
+    assert sorted(rb.keys) == sorted([keys.SCENE_RGB, keys.WRIST_RGB, keys.EE_POSE, keys.GRIPPER,
+                                      keys.ACTION, keys.TIMESTAMP])
+    data = rb.load()
+    T = rb.n_steps
+    assert data[keys.SCENE_RGB].shape == (T, H, W, 3) and data[keys.SCENE_RGB].dtype == np.uint8
+    assert data[keys.WRIST_RGB].shape == (T, H, W, 3) and data[keys.WRIST_RGB].dtype == np.uint8
+    assert data[keys.EE_POSE].shape == (T, keys.EE_POSE_DIM)
+    assert data[keys.GRIPPER].shape == (T, keys.GRIPPER_DIM)
+    assert data[keys.ACTION].shape == (T, keys.ACTION_DIM) and np.isfinite(data[keys.ACTION]).all()
+    ep0 = rb.get_episode(0)
+    assert ep0[keys.TIMESTAMP][0] == 0.0 and np.all(np.diff(ep0[keys.TIMESTAMP]) > 0)
+    assert json.loads((out / SEEDS_FILE).read_text()) == [0, 1, 2]
+
+    summary2 = collect(_cfg(out, seed=3), progress=False)  # appends to the same buffer
+    assert summary2["kept"] == 3
+    rb = ReplayBuffer.open(out)
+    assert rb.n_episodes == 6
+    assert rb.get_episode(0)[keys.ACTION].shape == ep0[keys.ACTION].shape  # the first episodes are untouched
+    assert json.loads((out / SEEDS_FILE).read_text()) == [0, 1, 2, 3, 4, 5]
+
+    with pytest.raises(DatasetError, match="cannot append.*24, 24"):  # a different image size cannot append
+        collect(_cfg(out, image_height=24, image_width=24, episodes=1), progress=False)
+
+
+def test_refuses_existing_non_dataset(tmp_path):
+    out = tmp_path / "not_a_dataset"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(DatasetError, match="not a replay buffer"):
+        collect(_cfg(out), progress=False)
+    assert (out / "notes.txt").read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_config_is_strict(tmp_path):
+    with pytest.raises(ConfigError, match="bogus"):
+        _cfg(tmp_path / "x.zarr", bogus=1)
+    with pytest.raises(ConfigError, match="episodes"):
+        _cfg(tmp_path / "x.zarr", episodes=0)
+    with pytest.raises(ConfigError, match="out"):
+        from_dict(CollectConfig, {"out": ""})
+    with pytest.raises(ConfigError, match="unknown task"):
+        _cfg(tmp_path / "x.zarr", task="nope")
+
+
+def test_hydra_config_matches_dataclass():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf_dir = str(Path(__file__).resolve().parents[2] / "configs")
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        dcfg = compose(config_name="collect", overrides=["out=x.zarr", "episodes=5"])
+    cfg = from_dict(CollectConfig, OmegaConf.to_container(dcfg, resolve=True))
+    assert cfg.out == "x.zarr" and cfg.episodes == 5 and cfg.task == "pick_place"
