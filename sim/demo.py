@@ -252,15 +252,19 @@ class PickPlaceDemonstrator:
         return np.concatenate([pos, yaw_rot6d(self.yaw), [self.width]]).astype(np.float32)
 
 
-def rollout(env: Any, seed: int, demo: PickPlaceDemonstrator | None = None, max_steps: int | None = None,
+def rollout(env: Any, seed: int, demo: Any = None, max_steps: int | None = None,
             extra_steps: int = 3, keep_obs: bool = True) -> dict[str, Any]:
     """Run one demonstration from ``env.reset(seed=seed)``; the demonstrator uses the same seed.
 
-    Stops ``extra_steps`` after the demonstrator is done and the task succeeded, or after
-    ``max_steps`` (default: the env's ``max_episode_steps``). Returns ``obs`` (list of the observations
-    the actions were chosen from, if ``keep_obs``), ``actions`` (T, 10) float32, ``success``, ``score``, ``steps``.
+    ``demo`` defaults to the task's demonstrator (``sim.tasks``). Stops ``extra_steps`` after the
+    demonstrator is done and the task succeeded, or after ``max_steps`` (default: the env's
+    ``max_episode_steps``). Returns ``obs`` (list of the observations the actions were chosen from, if
+    ``keep_obs``), ``actions`` (T, 10) float32, ``success``, ``score``, ``steps``.
     """
-    demo = demo or PickPlaceDemonstrator(env)
+    if demo is None:
+        from sim.tasks import make_demonstrator
+
+        demo = make_demonstrator(env)
     max_steps = max_steps or env.unwrapped.cfg.max_episode_steps
     obs, info = env.reset(seed=seed)
     demo.reset(seed)
