@@ -7,6 +7,7 @@ and the rule; ``policy.config_utils.from_dict`` rejects unknown keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from policy import keys
 
@@ -162,6 +163,11 @@ class TrainConfig:
     resume: bool = False  # continue from out_dir/checkpoints/latest
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     progress: bool = True  # tqdm progress bar
+    max_minutes: float = 0.0  # stop after this much training time (validation, checkpoints, evaluation
+    # excluded; counted across resumes); 0: only train.steps stops the run
+    eval_every: int = 0  # steps between task evaluations (0: none); the best checkpoint is kept as checkpoints/best
+    eval_hook: str = "sim.evaluate:evaluate_in_training"  # "module:function"(checkpoint_dir, **eval_args) -> dict
+    eval_args: dict[str, Any] = field(default_factory=dict)  # e.g. {episodes: 10, workers: 2, videos: 1}
 
     def __post_init__(self) -> None:
         _need(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
@@ -174,6 +180,10 @@ class TrainConfig:
             _need(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
         _need(self.device in DEVICES, f"train.device must be one of {DEVICES}, got {self.device!r}")
         _need(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        _need(self.max_minutes >= 0, f"train.max_minutes must be >= 0, got {self.max_minutes}")
+        _need(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
+        _need(self.eval_every == 0 or self.eval_hook.count(":") == 1,
+              f"train.eval_hook must be 'module:function', got {self.eval_hook!r}")
 
 
 @dataclass

@@ -5,6 +5,12 @@ validation loss and the action MSE of sampled chunks every ``val_every`` steps, 
 ``ckpt_every`` steps and at the end, exact resume from ``<out_dir>/checkpoints/latest``. Batches
 and noise are drawn from generators seeded by (seed, epoch) and (seed, step), so a resumed run
 continues the same sequence as an uninterrupted one. Logs go to ``<out_dir>/log.jsonl``.
+
+``train.max_minutes`` stops a run on a budget of training time (counted across resumes). With
+``train.eval_every`` > 0 the latest checkpoint is evaluated on its task every that many steps by the
+``train.eval_hook`` plug-in (``"module:function"``, default ``sim.evaluate:evaluate_in_training``; policy
+never imports the simulator itself); the checkpoint with the best success rate (then mean score) is
+kept as ``<out_dir>/checkpoints/best`` next to ``latest``, with its result in ``best/eval.json``.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import json
 import logging
 import math
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +126,10 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.step = 0
+        self.train_seconds = 0.0  # time spent in training steps (max_minutes), kept across resumes
+        self.best_dir = self.ckpt_dir.with_name("best")
+        self.best: dict[str, Any] | None = None
+        self.eval_fn = load_hook(t.eval_hook) if t.eval_every > 0 else None
         if t.resume and has_ckpt:
             self._resume()
         self.dim_weight = torch.from_numpy(self.normalizer.varying(keys.ACTION).astype(np.float32)).to(self.device)
@@ -152,6 +165,9 @@ class Trainer:
             st["exp_avg_sq"] = tensors[f"optim.{i}.exp_avg_sq"].to(self.device)
         self.normalizer = normalizer
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        if (self.best_dir / "eval.json").is_file():
+            self.best = json.loads((self.best_dir / "eval.json").read_text())
         log.info("resumed %s at step %d", self.out, self.step)
 
     def _train_state(self) -> dict[str, Any]:
@@ -163,7 +179,8 @@ class Trainer:
                 tensors[f"optim.{i}.exp_avg"] = st["exp_avg"]
                 tensors[f"optim.{i}.exp_avg_sq"] = st["exp_avg_sq"]
                 optim_step = int(st["step"])
-        return {"tensors": tensors, "json": {"step": self.step, "optim_step": optim_step}}
+        return {"tensors": tensors, "json": {"step": self.step, "optim_step": optim_step,
+                                             "train_seconds": self.train_seconds}}
 
     def save(self) -> Path:
         meta = {**self.meta, "step": self.step}
@@ -224,6 +241,33 @@ class Trainer:
                 f"{split}_action_mse_normalized": float(masked_mse(pred, target, self.dim_weight)),
                 f"{split}_action_mse": float(((pred_robot - target_robot) ** 2).mean())}
 
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the latest checkpoint with the eval hook; keep it as ``best`` when it beats the best."""
+        t = self.cfg.train
+        try:
+            res = dict(self.eval_fn(self.ckpt_dir, **t.eval_args))
+        except Exception as e:  # noqa: BLE001 - a failed evaluation must not end a training run
+            log.exception("step %d: evaluation failed; training goes on", self.step)
+            return {"eval_error": repr(e)}
+        if "success_rate" not in res:
+            raise ValueError(f"train.eval_hook {t.eval_hook} returned no 'success_rate' (keys: {sorted(res)})")
+        res["step"] = self.step
+        key = (float(res["success_rate"]), float(res.get("mean_score", 0.0)))
+        if self.best is None or key > (float(self.best["success_rate"]), float(self.best.get("mean_score", 0.0))):
+            tmp = self.best_dir.with_name("best.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.ckpt_dir, tmp)
+            (tmp / "eval.json").write_text(json.dumps(res, indent=1))
+            old = self.best_dir.with_name("best.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if self.best_dir.exists():
+                self.best_dir.rename(old)
+            tmp.rename(self.best_dir)
+            shutil.rmtree(old, ignore_errors=True)
+            self.best = res
+            log.info("step %d: new best checkpoint (success rate %.3f)", self.step, key[0])
+        return {f"eval_{k}": v for k, v in res.items() if isinstance(v, (int, float)) and k != "step"}
+
     def write_log(self, record: dict[str, Any]) -> None:
         self.log_file.write(json.dumps({"step": self.step, "time": time.time(), **record}) + "\n")
         self.log_file.flush()
@@ -236,7 +280,10 @@ class Trainer:
         window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
         try:
             while self.step < t.steps:
+                step_t = time.perf_counter()
                 loss = self.train_step()
+                self.train_seconds += time.perf_counter() - step_t
+                out_of_time = 0 < t.max_minutes * 60 <= self.train_seconds
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss} at step {self.step}; the last checkpoint "
                                              f"in {self.ckpt_dir} is kept (try a lower train.lr)")
@@ -244,12 +291,18 @@ class Trainer:
                 loss_sum += loss
                 bar.update(1)
                 pause_t = time.perf_counter()
-                if self.step % t.val_every == 0 or self.step == t.steps:
+                last = self.step == t.steps or out_of_time
+                if self.step % t.val_every == 0 or last:
                     rec = self.validate()
                     self.write_log(rec)
                     log.info("step %d: %s", self.step, ", ".join(f"{k}={v:.5f}" for k, v in rec.items()))
-                if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                want_eval = self.eval_fn is not None and (self.step % t.eval_every == 0 or last)
+                if self.step % t.ckpt_every == 0 or last or want_eval:
                     self.save()
+                if want_eval:
+                    rec = self.evaluate()
+                    self.write_log(rec)
+                    log.info("step %d: %s", self.step, ", ".join(f"{k}={v}" for k, v in rec.items()))
                 paused += time.perf_counter() - pause_t  # validation and checkpoints do not count as training
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     dt = time.perf_counter() - window_t - paused
@@ -258,10 +311,25 @@ class Trainer:
                     self.write_log(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.0f}")
                     window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
+                if out_of_time:
+                    log.info("step %d: train.max_minutes=%g reached; stopping", self.step, t.max_minutes)
+                    break
         finally:
             bar.close()
             self.log_file.close()
         return self.ckpt_dir
+
+
+def load_hook(spec: str) -> Callable[..., Any]:
+    """The function named by ``"package.module:function"``; ValueError naming it when it cannot be loaded."""
+    mod_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"train.eval_hook {spec!r} cannot be loaded: {e}") from e
+    if not callable(fn):
+        raise ValueError(f"train.eval_hook {spec!r} is not callable")
+    return fn
 
 
 def train(cfg: Config) -> Path:

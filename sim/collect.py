@@ -6,7 +6,8 @@ Episodes with seeds ``seed, seed+1, ...`` are rolled out by the scripted demonst
 ``multiprocessing`` spawn pool of ``workers`` processes (each builds its env once). The parent appends
 finished episodes to the buffer in seed order (out-of-order results wait in memory), keeping only the
 successful ones unless ``keep_failed``. Every attempted seed is recorded in ``<out>/collect_seeds.json``
-(a sorted JSON list, merged over appends) so that evaluation can avoid them.
+(a sorted JSON list, merged over appends) so that evaluation can avoid them, and the task with its image
+size in ``<out>/collect_info.json`` (evaluation finds the task there; appending another task is refused).
 
 An episode holds, per control tick t (T ticks): ``scene_rgb``/``wrist_rgb`` (T, H, W, 3) uint8 and
 ``ee_pose`` (T, 9), ``gripper`` (T, 1) float32 observed before the action, ``action`` (T, 10) float32
@@ -28,6 +29,7 @@ from policy import keys
 from policy.data.replay_buffer import DatasetError, ReplayBuffer
 
 SEEDS_FILE = "collect_seeds.json"
+INFO_FILE = "collect_info.json"  # {"task": ..., "image_height": ..., "image_width": ...}
 EPISODE_KEYS = (keys.SCENE_RGB, keys.WRIST_RGB, keys.EE_POSE, keys.GRIPPER, keys.ACTION, keys.TIMESTAMP)
 
 
@@ -126,6 +128,23 @@ def _write_seeds(out: Path, seeds: list[int]) -> None:
     tmp.replace(path)
 
 
+def _write_info(out: Path, cfg: CollectConfig) -> None:
+    """Record the task of the buffer; refuse to mix tasks in one buffer."""
+    info = {"task": cfg.task, "image_height": cfg.image_height, "image_width": cfg.image_width}
+    old = read_info(out)
+    if old and old.get("task") != cfg.task:
+        raise DatasetError(f"out={out}: holds demos of task {old.get('task')!r}, not {cfg.task!r}; choose a new path")
+    tmp = out / (INFO_FILE + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(out / INFO_FILE)
+
+
+def read_info(out: str | Path) -> dict[str, Any]:
+    """The collection info of the buffer at ``out`` ({} when none is recorded)."""
+    path = Path(out) / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def read_seeds(out: str | Path) -> list[int]:
     """The seeds used to collect the buffer at ``out`` ([] when none are recorded)."""
     path = Path(out) / SEEDS_FILE
@@ -138,6 +157,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
 
     rb = _open_buffer(cfg)
     out = Path(cfg.out)
+    _write_info(out, cfg)
     overrides = {"image_height": cfg.image_height, "image_width": cfg.image_width}
     seeds = cfg.seeds
     pending: dict[int, tuple[bool, dict[str, np.ndarray]]] = {}

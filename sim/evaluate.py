@@ -1,0 +1,366 @@
+"""Evaluate a checkpoint on a simulated task through the runtime controller, on the simulated clock.
+
+``python -m sim.evaluate checkpoint=<dir> episodes=N [task=...] [workers=2] [latency=measured] [videos=2]``
+
+Each episode resets the task with its own seed, then runs the same ``runtime.Controller`` as a real
+arm (timestamped action buffer, replanning at half the chunk, dropping stale entries, the safety layer)
+on a ``SimClock``: one env step per tick, and inference takes ``latency`` of simulated time: ``0``, a
+fixed number of seconds, or ``measured`` (the wall time each inference really took). An episode ends at
+the first tick where ``info["is_success"]`` holds, or after ``max_steps`` ticks; its score is the
+highest ``info["score"]`` seen. Episodes run in ``workers`` spawn processes, each loading the policy
+once (1 torch thread). Evaluation seeds start at ``seed`` and skip every seed used to collect the
+training demos (read from the dataset folder the checkpoint was trained on).
+
+Writes ``<out>/eval.json`` (success rate with a 95 % Wilson interval, mean score, episode lengths,
+one record per episode) and ``<out>/videos/episode_<i>_seed_<s>.mp4`` (scene | wrist, side by side)
+for the first ``videos`` episodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy import keys
+from runtime.controller import ControllerConfig, ControllerError
+from runtime.safety import SafetyConfig
+
+log = logging.getLogger("sim.evaluate")
+
+DEFAULT_EVAL_SEED = 1_000_000  # far from the collection default (0 ..); collected seeds are skipped anyway
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""  # checkpoint folder, or a training run folder (its latest checkpoint)
+    task: str = ""  # "": the task the training demos were collected on (collect_info.json)
+    episodes: int = 50
+    seed: int = DEFAULT_EVAL_SEED  # first evaluation seed; collection seeds are skipped
+    workers: int = 2  # spawn processes
+    latency: str | float = "measured"  # "measured" | "zero" | seconds of simulated time, e.g. "0.05"
+    max_steps: int = 0  # ticks per episode; 0: the task's max_episode_steps
+    videos: int = 2  # record the first K episodes (scene | wrist mp4)
+    video_scale: int = 2  # pixel repeat of the video frames
+    out: str = ""  # results folder; "": <checkpoint>/eval
+    device: str = "cpu"
+    num_threads: int = 1  # torch threads per worker
+    num_inference_steps: int | None = None  # None: the checkpoint's
+    env: dict[str, Any] = field(default_factory=dict)  # task config overrides (unknown keys fail)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("checkpoint is empty: pass checkpoint=<checkpoint or training run folder>")
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        self.latency_s  # noqa: B018 - validates latency
+        if self.max_steps < 0 or self.videos < 0 or self.video_scale < 1:
+            raise ValueError(f"max_steps and videos must be >= 0 and video_scale >= 1, got {self.max_steps}, "
+                             f"{self.videos}, {self.video_scale}")
+
+    @property
+    def latency_s(self) -> float | str:
+        """"measured", or simulated seconds."""
+        lat = str(self.latency).strip().lower()
+        if lat == "measured":
+            return "measured"
+        if lat == "zero":
+            return 0.0
+        try:
+            value = float(lat)
+        except ValueError:
+            value = -1.0
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"latency must be 'measured', 'zero' or seconds >= 0, got {self.latency!r}")
+        return value
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % (z = 1.96) Wilson score interval of a success rate ``successes / n``."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def dataset_of(checkpoint: str | Path) -> Path | None:
+    """The dataset folder a checkpoint was trained on (from its meta.json), if recorded."""
+    from policy.checkpoint import resolve_checkpoint_dir
+
+    meta_path = resolve_checkpoint_dir(checkpoint) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    path = meta.get("dataset", {}).get("path")
+    return Path(path) if path else None
+
+
+def eval_seeds(first: int, n: int, exclude: set[int]) -> list[int]:
+    """``n`` seeds from ``first`` upward, skipping ``exclude``."""
+    seeds, s = [], first
+    while len(seeds) < n:
+        if s not in exclude:
+            seeds.append(s)
+        s += 1
+    return seeds
+
+
+# ----------------------------------------------------------------- worker side
+
+_W: dict[str, Any] = {}
+
+
+def _init_worker(cfg_dict: dict[str, Any], task: str) -> None:
+    """Pool initializer: load the policy and build the env once per process."""
+    import torch
+
+    from policy.config_utils import from_dict
+    from policy.policy import Policy
+    from sim.tasks import make_env
+
+    cfg = from_dict(EvalConfig, cfg_dict)
+    torch.set_num_threads(max(1, cfg.num_threads))
+    logging.getLogger("runtime.controller").setLevel(logging.ERROR)  # underruns are counted, not printed
+    policy = Policy.from_pretrained(cfg.checkpoint, cfg.device, cfg.num_inference_steps)
+    size = policy.cfg.image_shape
+    overrides = {"image_height": int(size[0]), "image_width": int(size[1]), **cfg.env}
+    _W.update(cfg=cfg, policy=policy, env=make_env(task, overrides))
+
+
+def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool = False,
+                clock: Any = None) -> dict[str, Any]:
+    """One evaluation episode on ``env`` from ``seed`` through the runtime controller on a SimClock.
+
+    Returns a record: seed, success, score (max over the episode), steps, controller counters, error
+    (a controller fault ends the episode as a failure) and, if ``record``, ``frames`` (T, H, 2W, 3) uint8.
+    ``clock``: a fresh ``SimClock`` to run on (default: a new one).
+    """
+    import threading
+
+    import torch
+
+    from runtime.clock import SimClock
+    from runtime.controller import Controller
+    from runtime.inference import SimulatedLatencyWorker
+    from runtime.safety import SafetyLayer
+    from sim.drivers import SimCamera, SimRobot
+
+    torch.manual_seed(seed)  # the sampler's noise: the same episode for the same seed
+    clock = clock if clock is not None else SimClock()
+    stop = threading.Event()
+    frames: list[np.ndarray] = []
+    best = {"score": 0.0, "success": False, "steps": 0}
+
+    class _Robot(SimRobot):
+        def write(self, target: np.ndarray) -> np.ndarray:
+            sent = super().write(target)
+            best["steps"] += 1
+            best["score"] = max(best["score"], float(self.info.get("score", 0.0)))
+            if self.info.get("is_success"):
+                best["success"] = True
+                stop.set()
+            if record:
+                frames.append(_side_by_side(self.env.last_obs))
+            return sent
+
+    robot = _Robot(env, clock.now)
+    _, info = robot.reset(seed)
+    best["score"] = float(info.get("score", 0.0))
+    if record:
+        frames.append(_side_by_side(env.last_obs))
+    cams = {k: SimCamera(robot, k) for k in keys.IMAGE_KEYS if k in policy.obs_keys}
+    worker = SimulatedLatencyWorker(policy, clock, cfg.latency_s)
+    dt = 1.0 / env.cfg.control_hz
+    ctrl_cfg = ControllerConfig(**{**asdict(cfg.controller), "hz": env.cfg.control_hz})
+    max_steps = cfg.max_steps or env.cfg.max_episode_steps
+    error = None
+    robot.connect()
+    for cam in cams.values():
+        cam.connect()
+    ctrl = Controller(robot, cams, worker, SafetyLayer(cfg.safety, dt), clock, ctrl_cfg, stop_event=stop)
+    try:
+        ctrl.run(max_ticks=max_steps)
+    except ControllerError as e:
+        error = str(e)
+    m = ctrl.metrics
+    lat = np.asarray(m.inference_latency_s, dtype=np.float64)
+    rec = {"seed": seed, "success": best["success"], "score": round(best["score"], 4), "steps": best["steps"],
+           "underruns": m.underruns, "chunks": m.chunks_received, "inference_failures": m.inference_failures,
+           "interventions": dict(m.interventions), "inference_ms_mean": round(float(lat.mean()) * 1e3, 3)
+           if lat.size else None, "error": error}
+    if record:
+        rec["frames"] = np.stack(frames)
+    return rec
+
+
+def _side_by_side(obs: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([obs[keys.SCENE_RGB], obs[keys.WRIST_RGB]], axis=1)  # (H, 2W, 3)
+
+
+def _eval_one(job: tuple[int, int, bool]) -> dict[str, Any]:
+    index, seed, record = job
+    rec = run_episode(_W["env"], _W["policy"], _W["cfg"], seed, record)
+    rec["index"] = index
+    return rec
+
+
+# ----------------------------------------------------------------- parent side
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float, scale: int = 2) -> Path:
+    """Write (T, H, W, 3) uint8 frames to an H.264 mp4 (pixels repeated ``scale`` times)."""
+    import imageio.v3 as iio
+
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.mp4")
+    iio.imwrite(tmp, frames, fps=fps, codec="libx264", macro_block_size=1)
+    tmp.replace(path)
+    return path
+
+
+def resolve_task(cfg: EvalConfig) -> tuple[str, list[int]]:
+    """(task, seeds used for collection) from the config and the checkpoint's dataset folder."""
+    from sim.collect import read_info, read_seeds
+
+    dataset = dataset_of(cfg.checkpoint)
+    info = read_info(dataset) if dataset is not None and dataset.is_dir() else {}
+    collected = read_seeds(dataset) if dataset is not None and dataset.is_dir() else []
+    task = cfg.task or info.get("task", "")
+    if not task:
+        raise ValueError(f"task is empty and the checkpoint's dataset ({dataset}) records none: pass task=<name>")
+    if cfg.task and info.get("task") and info["task"] != cfg.task:
+        log.warning("evaluating on task %s, but the demos were collected on %s", cfg.task, info["task"])
+    if not collected:
+        log.warning("no collection seeds found next to the dataset %s: evaluation seeds start at %d unchecked",
+                    dataset, cfg.seed)
+    return task, collected
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation; returns the summary (also written to ``<out>/eval.json``)."""
+    from tqdm import tqdm
+
+    from policy.checkpoint import resolve_checkpoint_dir
+    from sim.tasks import get_task
+
+    ckpt = resolve_checkpoint_dir(cfg.checkpoint)
+    task, collected = resolve_task(cfg)
+    get_task(task)
+    out = Path(cfg.out) if cfg.out else ckpt / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = eval_seeds(cfg.seed, cfg.episodes, set(collected))
+    jobs = [(i, s, i < cfg.videos) for i, s in enumerate(seeds)]
+    records: list[dict[str, Any]] = []
+    videos: list[str] = []
+    t0 = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    bar = tqdm(total=len(jobs), desc=f"evaluate {task}", unit="ep", disable=not cfg.progress)
+    n_workers = min(cfg.workers, len(jobs))
+    try:
+        with ctx.Pool(n_workers, initializer=_init_worker, initargs=(_plain(cfg), task)) as pool:
+            for rec in pool.imap_unordered(_eval_one, jobs):
+                frames = rec.pop("frames", None)
+                if frames is not None:
+                    fps = float(cfg.env.get("control_hz", 10.0))
+                    path = out / "videos" / f"episode_{rec['index']:03d}_seed_{rec['seed']}.mp4"
+                    videos.append(str(write_video(path, frames, fps, cfg.video_scale)))
+                records.append(rec)
+                ok = sum(r["success"] for r in records)
+                bar.set_postfix(success=f"{ok}/{len(records)}", refresh=False)
+                bar.update(1)
+    finally:
+        bar.close()
+    records.sort(key=lambda r: r["index"])
+    summary = summarize(records)
+    summary.update(task=task, checkpoint=str(ckpt), latency=str(cfg.latency), seeds_first=seeds[0],
+                   seeds_skipped=sum(1 for s in range(seeds[0], seeds[-1] + 1) if s in set(collected)),
+                   workers=n_workers, seconds=round(time.perf_counter() - t0, 2), videos=sorted(videos),
+                   episodes=records)
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out / "eval.json")
+    summary["out"] = str(out)
+    return summary
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success rate, its Wilson interval, mean score and lengths of episode records."""
+    n = len(records)
+    ok = sum(bool(r["success"]) for r in records)
+    lo, hi = wilson_interval(ok, n)
+    lengths = [int(r["steps"]) for r in records]
+    return {"n_episodes": n, "successes": ok, "success_rate": ok / n if n else 0.0,
+            "success_rate_ci95": [round(lo, 4), round(hi, 4)],
+            "mean_score": round(float(np.mean([r["score"] for r in records])), 4) if n else 0.0,
+            "mean_length": round(float(np.mean(lengths)), 2) if n else 0.0,
+            "mean_length_success": round(float(np.mean([r["steps"] for r in records if r["success"]])), 2)
+            if ok else None, "underruns": sum(r["underruns"] for r in records),
+            "faults": sum(r["error"] is not None for r in records)}
+
+
+def _plain(cfg: EvalConfig) -> dict[str, Any]:
+    from policy.config_utils import to_dict
+
+    return to_dict(cfg)
+
+
+def evaluate_in_training(checkpoint: str | Path, **args: Any) -> dict[str, Any]:
+    """``train.eval_hook`` of ``policy.train``: evaluate ``checkpoint`` (a run's ``checkpoints/latest``) with
+    ``args`` (EvalConfig keys; default 10 episodes, 1 video, no progress bar); results go to
+    ``<run>/eval/step_<N>``. Returns the summary without the per-episode records."""
+    from policy.config_utils import from_dict
+
+    ckpt = Path(checkpoint)
+    step = json.loads((ckpt / "meta.json").read_text()).get("step", 0)
+    base = {"checkpoint": str(ckpt), "episodes": 10, "videos": 1, "progress": False,
+            "out": str(ckpt.parent.parent / "eval" / f"step_{step:06d}")}
+    summary = evaluate(from_dict(EvalConfig, {**base, **args}))
+    summary.pop("episodes")
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lo, hi = s["success_rate_ci95"]
+    lines = [f"task {s['task']}: success {s['successes']}/{s['n_episodes']} = {s['success_rate']:.0%} "
+             f"(95% CI {lo:.0%}-{hi:.0%}), mean score {s['mean_score']:.3f}, mean length {s['mean_length']:.1f} "
+             f"steps, {s['seconds']:.0f} s"]
+    if s["videos"]:
+        lines.append("videos: " + ", ".join(s["videos"]))
+    lines.append(f"results: {s['out']}/eval.json")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from policy.config_utils import from_dict
+
+    @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "configs"), config_name="evaluate",
+                version_base="1.3")
+    def _main(dcfg: DictConfig) -> None:
+        cfg = from_dict(EvalConfig, OmegaConf.to_container(dcfg, resolve=True))
+        print(format_summary(evaluate(cfg)))
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

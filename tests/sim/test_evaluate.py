@@ -1,0 +1,125 @@
+"""sim.evaluate: episodes through the runtime controller, seeds, statistics, videos, evaluation in training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from policy.config_utils import ConfigError, from_dict
+from policy.train import Trainer, train
+from sim.collect import CollectConfig, collect, read_seeds
+from sim.demo import rollout
+from sim.evaluate import EvalConfig, eval_seeds, evaluate, run_episode, wilson_interval
+from tests.policy.conftest import tiny_config
+from tests.sim.test_drivers import ReplayPolicy
+
+H = W = 32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny checkpoint trained for a few steps on 3 collected 32x32 pick-and-place demos (seeds 0-2)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "demos.zarr"
+    collect(from_dict(CollectConfig, {"task": "pick_place", "episodes": 3, "out": str(data), "workers": 1,
+                                      "image_height": H, "image_width": W}), progress=False)
+    ckpt = train(tiny_config(data, root / "run", steps=3))
+    return data, ckpt
+
+
+def test_wilson_interval_matches_known_values():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(45, 50) == pytest.approx((0.7864, 0.9565), abs=1e-4)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)
+
+
+def test_eval_seeds_skip_the_collection_seeds():
+    assert eval_seeds(0, 4, {0, 1, 3}) == [2, 4, 5, 6]
+    assert eval_seeds(10, 2, set()) == [10, 11]
+
+
+def test_bad_config_values_name_the_field():
+    with pytest.raises(ConfigError, match="latency"):
+        from_dict(EvalConfig, {"checkpoint": "x", "latency": "fast"})
+    with pytest.raises(ConfigError, match="episodes"):
+        from_dict(EvalConfig, {"checkpoint": "x", "episodes": 0})
+    with pytest.raises(ConfigError, match="checkpoint"):
+        from_dict(EvalConfig, {})
+    with pytest.raises(ConfigError, match="unknown config key.*latancy"):
+        from_dict(EvalConfig, {"checkpoint": "x", "latancy": 0})
+    assert from_dict(EvalConfig, {"checkpoint": "x", "latency": 0.05}).latency_s == 0.05
+    assert from_dict(EvalConfig, {"checkpoint": "x", "latency": "zero"}).latency_s == 0.0
+
+
+def test_an_episode_stops_at_the_first_success(env):
+    """A policy replaying a demo through the controller succeeds; the episode ends at that tick."""
+    from runtime.clock import SimClock
+
+    demo = rollout(env, 5, keep_obs=False)
+    cfg = from_dict(EvalConfig, {"checkpoint": "x", "latency": "zero", "max_steps": 200})
+    clock = SimClock()
+    rec = run_episode(env, ReplayPolicy(demo["actions"], clock), cfg, seed=5, record=True, clock=clock)
+    assert rec["success"] and rec["score"] == 1.0 and rec["error"] is None
+    assert rec["steps"] < 200 and rec["underruns"] == 0
+    assert rec["frames"].shape == (rec["steps"] + 1, 96, 192, 3)
+    assert env.cube_in_bin() and env._steps == rec["steps"]  # no step after the success
+
+
+def test_evaluate_end_to_end_on_a_tiny_checkpoint(trained, tmp_path):
+    data, ckpt = trained
+    cfg = from_dict(EvalConfig, {"checkpoint": str(ckpt), "episodes": 3, "seed": 1, "workers": 2, "videos": 1,
+                                 "latency": "measured", "max_steps": 12, "out": str(tmp_path / "ev"),
+                                 "progress": False})
+    s = evaluate(cfg)
+    assert s["task"] == "pick_place" and s["n_episodes"] == 3
+    seeds = [r["seed"] for r in s["episodes"]]
+    assert seeds == [3, 4, 5] and not set(seeds) & set(read_seeds(data))  # 1, 2 were used to collect
+    assert all(r["steps"] == 12 and r["error"] is None and r["chunks"] >= 1 for r in s["episodes"])
+    assert 0.0 <= s["success_rate_ci95"][0] <= s["success_rate"] <= s["success_rate_ci95"][1] <= 1.0
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert saved["n_episodes"] == 3 and len(saved["episodes"]) == 3
+    assert len(s["videos"]) == 1
+    import imageio.v3 as iio
+
+    video = iio.imread(s["videos"][0])
+    assert video.shape == (13, 2 * H, 2 * 2 * W, 3)  # 12 steps + the reset frame, scale 2, scene | wrist
+
+
+def test_training_keeps_the_best_evaluated_checkpoint(trained, tmp_path, monkeypatch):
+    data, _ = trained
+    results = iter([0.2, 0.6, 0.4])
+    seen = []
+
+    def fake_eval(checkpoint, **args):
+        seen.append(json.loads((checkpoint / "meta.json").read_text())["step"])
+        return {"success_rate": next(results), "mean_score": 0.5}
+
+    monkeypatch.setattr("policy.train.load_hook", lambda spec: fake_eval)
+    cfg = tiny_config(data, tmp_path / "run", steps=6, eval_every=2, ckpt_every=100)
+    ckpt = Trainer(cfg).run()
+    assert seen == [2, 4, 6]
+    best = ckpt.with_name("best")
+    assert json.loads((best / "meta.json").read_text())["step"] == 4
+    assert json.loads((best / "eval.json").read_text())["success_rate"] == 0.6
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["eval_success_rate"] for r in log if "eval_success_rate" in r] == [0.2, 0.6, 0.4]
+
+
+def test_training_evaluates_with_the_simulator_hook(trained, tmp_path):
+    data, _ = trained
+    cfg = tiny_config(data, tmp_path / "run", steps=2, eval_every=2,
+                      eval_args={"episodes": 2, "workers": 1, "max_steps": 5, "latency": "zero", "videos": 0})
+    ckpt = train(cfg)
+    best = json.loads((ckpt.with_name("best") / "eval.json").read_text())
+    assert best["n_episodes"] == 2 and best["step"] == 2
+    assert (tmp_path / "run" / "eval" / "step_000002" / "eval.json").is_file()
+
+
+def test_training_stops_on_its_time_budget(trained, tmp_path):
+    data, _ = trained
+    ckpt = train(tiny_config(data, tmp_path / "run", steps=1000, max_minutes=1e-6))
+    assert json.loads((ckpt / "meta.json").read_text())["step"] == 1
+    with pytest.raises(ConfigError, match="eval_hook"):
+        from_dict(type(tiny_config(data, tmp_path).train), {"eval_every": 5, "eval_hook": "nocolon"})
