@@ -164,7 +164,7 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     progress: bool = True  # tqdm progress bar
     max_minutes: float = 0.0  # stop after this much training time (validation, checkpoints, evaluation
-    # excluded; counted across resumes); 0: only train.steps stops the run
+    # excluded; counted across resumes), the cosine LR decays over it; 0: only train.steps ends the run
     eval_every: int = 0  # steps between task evaluations (0: none); the best checkpoint is kept as checkpoints/best
     eval_hook: str = "sim.evaluate:evaluate_in_training"  # "module:function"(checkpoint_dir, **eval_args) -> dict
     eval_args: dict[str, Any] = field(default_factory=dict)  # e.g. {episodes: 10, workers: 2, videos: 1}

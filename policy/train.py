@@ -50,12 +50,15 @@ from policy.policy import resolve_device
 log = logging.getLogger("policy.train")
 
 
-def lr_at(step: int, cfg: Config) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``steps``."""
+def lr_at(step: int, cfg: Config, train_seconds: float = 0.0) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``steps`` or, with a time budget
+    (``max_minutes``), at whichever of the two ends first (``train_seconds``: training time so far)."""
     t = cfg.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
     progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    if t.max_minutes > 0:
+        progress = max(progress, train_seconds / (t.max_minutes * 60))
     return t.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -201,7 +204,7 @@ class Trainer:
         batch = self._batch(self.train_sampler, ids)
         gen = torch.Generator(device=self.device).manual_seed(t.seed * 1_000_003 + self.step)
         for group in self.optim.param_groups:
-            group["lr"] = lr_at(self.step, self.cfg)
+            group["lr"] = lr_at(self.step, self.cfg, self.train_seconds)
         self.model.train()
         with self._autocast():
             loss = self.model.loss(batch, batch[keys.ACTION], gen, self.dim_weight)
@@ -306,7 +309,7 @@ class Trainer:
                 paused += time.perf_counter() - pause_t  # validation and checkpoints do not count as training
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     dt = time.perf_counter() - window_t - paused
-                    rec = {"loss": loss_sum / window_n, "lr": lr_at(self.step - 1, self.cfg),
+                    rec = {"loss": loss_sum / window_n, "lr": lr_at(self.step - 1, self.cfg, self.train_seconds),
                            "samples_per_s": window_n * t.batch_size / max(dt, 1e-9)}
                     self.write_log(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.0f}")

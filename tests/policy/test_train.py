@@ -110,3 +110,12 @@ def test_batches_cover_each_epoch_once_and_repeat_for_a_seed():
     assert len(set(epoch.tolist())) == len(epoch) == 48
     np.testing.assert_array_equal(batch_ids(7, n, b, 3), batch_ids(7, n, b, 3))
     assert not np.array_equal(batch_ids(0, n, b, 3), batch_ids(0, n, b, 4))
+
+
+def test_lr_schedule_decays_over_the_time_budget_when_it_ends_first():
+    cfg = tiny_config("x", "y", steps=100_000, warmup_steps=10, lr=1e-3, max_minutes=2.0)
+    assert lr_at(50, cfg, train_seconds=0.0) == pytest.approx(1e-3, rel=1e-3)  # steps far away, no time spent
+    assert lr_at(50, cfg, train_seconds=60.0) == pytest.approx(0.5e-3)  # half the budget: cosine half way
+    assert lr_at(50, cfg, train_seconds=120.0) == pytest.approx(0.0, abs=1e-12)
+    short = tiny_config("x", "y", steps=110, warmup_steps=10, lr=1e-3, max_minutes=60.0)
+    assert lr_at(60, short, train_seconds=1.0) == pytest.approx(0.5e-3)  # the step budget ends first here

@@ -9,6 +9,8 @@ import pytest
 _MISSING = [m for m in ("mujoco", "gymnasium") if importlib.util.find_spec(m) is None]
 if _MISSING:
     collect_ignore_glob = ["test_*.py"]
+else:
+    import sim  # noqa: F401 - picks the headless GL backend before any test module imports mujoco
 
 
 def pytest_report_header(config):
