@@ -13,7 +13,10 @@ from typing import Any
 from policy.config_utils import from_dict
 from sim.demo import PickPlaceDemonstrator
 from sim.env import TableTopEnv
+from sim.peek_pick import PeekPickConfig, PeekPickDemonstrator, PeekPickEnv
 from sim.pick_place import PickPlaceConfig, PickPlaceEnv
+from sim.push_t import PushTConfig, PushTEnv
+from sim.push_t_demo import PushTDemonstrator
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "pick_place": Task(PickPlaceEnv, PickPlaceConfig, PickPlaceDemonstrator),
+    "push_t": Task(PushTEnv, PushTConfig, PushTDemonstrator),
+    "peek_pick": Task(PeekPickEnv, PeekPickConfig, PeekPickDemonstrator),
 }
 
 
