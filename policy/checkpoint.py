@@ -52,6 +52,14 @@ def _state_to_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; CheckpointError naming the file when it cannot be read."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types (truncated, not a file, ...)
+        raise CheckpointError(f"{path}: cannot read the safetensors file ({e})") from e
+
+
 def load_state_checked(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``module`` exactly; any missing, extra or mis-shaped tensor is named."""
     own = module.state_dict()
@@ -130,7 +138,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
         raise CheckpointError(f"checkpoint {path}: format_version {meta.get('format_version')!r}, "
                               f"this code reads {FORMAT_VERSION}")
     model = DiffusionPolicyModel(cfg.policy)
-    load_state_checked(model, load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
+    load_state_checked(model, _read_tensors(path / "model.safetensors"), str(path / "model.safetensors"))
     normalizer = Normalizer.load(path / "normalizer.json")
     needed = [*cfg.policy.lowdim_dims, "action"]
     absent = [k for k in needed if k not in normalizer.stats]
@@ -150,4 +158,4 @@ def load_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     if not (tensors_file.is_file() and json_file.is_file()):
         raise CheckpointError(f"checkpoint {path} has no training state to resume from "
                               f"(train_state.safetensors / train_state.json)")
-    return load_file(str(tensors_file)), json.loads(json_file.read_text())
+    return _read_tensors(tensors_file), json.loads(json_file.read_text())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class CollectConfig:
     keep_failed: bool = False  # also store episodes where the task did not succeed
     image_height: int = 96
     image_width: int = 96
+    env: dict[str, Any] = field(default_factory=dict)  # task config overrides, e.g. {randomization: {light: 0.3}}
 
     def __post_init__(self) -> None:
         from sim.tasks import TASKS
@@ -57,6 +58,12 @@ class CollectConfig:
             raise ValueError("out must name the replay buffer folder (out=<dir.zarr>)")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if {"image_height", "image_width"} & set(self.env):
+            raise ValueError("env.image_height/env.image_width: set the top-level image_height/image_width instead")
+        from policy.config_utils import from_dict
+
+        task_cls = TASKS[self.task].cfg_cls  # unknown or bad env keys fail here, in the parent
+        from_dict(task_cls, {**self.env, "image_height": self.image_height, "image_width": self.image_width}, "env")
         if self.image_height < 1 or self.image_width < 1:
             raise ValueError(f"image_height/image_width must be >= 1, got {self.image_height}x{self.image_width}")
 
@@ -67,15 +74,13 @@ class CollectConfig:
 
 # ----------------------------------------------------------------- worker side
 
-_ENV: Any = None
+_W: dict[str, Any] = {}
 
 
 def _init_worker(task: str, overrides: dict[str, Any]) -> None:
-    """Pool initializer: build this worker's env once."""
-    global _ENV
-    from sim.tasks import make_env
-
-    _ENV = make_env(task, overrides)
+    """Pool initializer: remember what to build (an exception in an initializer would make the pool
+    respawn workers forever, so the env is built on the first episode, where errors reach the parent)."""
+    _W.update(task=task, overrides=overrides)
 
 
 def rollout_episode(env: Any, seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
@@ -92,7 +97,11 @@ def rollout_episode(env: Any, seed: int) -> tuple[int, bool, dict[str, np.ndarra
 
 
 def _collect_one(seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
-    return rollout_episode(_ENV, seed)
+    if "env" not in _W:
+        from sim.tasks import make_env
+
+        _W["env"] = make_env(_W["task"], _W["overrides"])
+    return rollout_episode(_W["env"], seed)
 
 
 # ----------------------------------------------------------------- parent side
@@ -130,7 +139,7 @@ def _write_seeds(out: Path, seeds: list[int]) -> None:
 
 def _write_info(out: Path, cfg: CollectConfig) -> None:
     """Record the task of the buffer; refuse to mix tasks in one buffer."""
-    info = {"task": cfg.task, "image_height": cfg.image_height, "image_width": cfg.image_width}
+    info = {"task": cfg.task, "image_height": cfg.image_height, "image_width": cfg.image_width, "env": cfg.env}
     old = read_info(out)
     if old and old.get("task") != cfg.task:
         raise DatasetError(f"out={out}: holds demos of task {old.get('task')!r}, not {cfg.task!r}; choose a new path")
@@ -158,7 +167,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     rb = _open_buffer(cfg)
     out = Path(cfg.out)
     _write_info(out, cfg)
-    overrides = {"image_height": cfg.image_height, "image_width": cfg.image_width}
+    overrides = {**cfg.env, "image_height": cfg.image_height, "image_width": cfg.image_width}
     seeds = cfg.seeds
     pending: dict[int, tuple[bool, dict[str, np.ndarray]]] = {}
     done: list[int] = []

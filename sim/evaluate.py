@@ -126,20 +126,27 @@ _W: dict[str, Any] = {}
 
 
 def _init_worker(cfg_dict: dict[str, Any], task: str) -> None:
-    """Pool initializer: load the policy and build the env once per process."""
+    """Pool initializer: remember what to load (an exception in an initializer would make the pool
+    respawn workers forever, so the policy and env are built on the first episode, where errors reach
+    the parent)."""
+    _W.update(cfg_dict=cfg_dict, task=task)
+
+
+def _load_worker() -> None:
+    """Load the policy and build the env once per process."""
     import torch
 
     from policy.config_utils import from_dict
     from policy.policy import Policy
     from sim.tasks import make_env
 
-    cfg = from_dict(EvalConfig, cfg_dict)
+    cfg = from_dict(EvalConfig, _W["cfg_dict"])
     torch.set_num_threads(max(1, cfg.num_threads))
     logging.getLogger("runtime.controller").setLevel(logging.ERROR)  # underruns are counted, not printed
     policy = Policy.from_pretrained(cfg.checkpoint, cfg.device, cfg.num_inference_steps)
     size = policy.cfg.image_shape
     overrides = {"image_height": int(size[0]), "image_width": int(size[1]), **cfg.env}
-    _W.update(cfg=cfg, policy=policy, env=make_env(task, overrides))
+    _W.update(cfg=cfg, policy=policy, env=make_env(_W["task"], overrides))
 
 
 def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool = False,
@@ -214,6 +221,8 @@ def _side_by_side(obs: dict[str, np.ndarray]) -> np.ndarray:
 
 def _eval_one(job: tuple[int, int, bool]) -> dict[str, Any]:
     index, seed, record = job
+    if "env" not in _W:
+        _load_worker()
     rec = run_episode(_W["env"], _W["policy"], _W["cfg"], seed, record)
     rec["index"] = index
     return rec
@@ -258,11 +267,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from policy.checkpoint import resolve_checkpoint_dir
+    from policy.config_utils import from_dict
     from sim.tasks import get_task
 
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     task, collected = resolve_task(cfg)
-    get_task(task)
+    from_dict(get_task(task).cfg_cls, cfg.env, "env")  # bad task overrides fail here, not in a worker
     out = Path(cfg.out) if cfg.out else ckpt / "eval"
     out.mkdir(parents=True, exist_ok=True)
     seeds = eval_seeds(cfg.seed, cfg.episodes, set(collected))

@@ -127,6 +127,12 @@ def test_incomplete_checkpoint_folder_is_named(trained, tmp_path):
         Policy.from_pretrained(bad, device="cpu")
     with pytest.raises(CheckpointError, match="not a checkpoint folder"):
         Policy.from_pretrained(tmp_path / "nothing", device="cpu")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(ckpt, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot read"):
+        Policy.from_pretrained(truncated, device="cpu")
 
 
 def test_config_with_unknown_key_in_checkpoint_is_named(trained, tmp_path):

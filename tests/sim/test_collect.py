@@ -82,3 +82,13 @@ def test_hydra_config_matches_dataclass():
         dcfg = compose(config_name="collect", overrides=["out=x.zarr", "episodes=5"])
     cfg = from_dict(CollectConfig, OmegaConf.to_container(dcfg, resolve=True))
     assert cfg.out == "x.zarr" and cfg.episodes == 5 and cfg.task == "pick_place"
+
+
+def test_task_overrides_reach_the_env_and_bad_ones_fail_in_the_parent(tmp_path):
+    with pytest.raises(ConfigError, match="env.*cube_sise"):
+        _cfg(tmp_path / "a.zarr", env={"cube_sise": 0.02})
+    with pytest.raises(ConfigError, match="image_height"):
+        _cfg(tmp_path / "a.zarr", env={"image_height": 64})
+    summary = collect(_cfg(tmp_path / "b.zarr", episodes=1, workers=1, env={"cube_half": 0.015}), progress=False)
+    assert summary["kept"] == 1
+    assert json.loads((tmp_path / "b.zarr" / "collect_info.json").read_text())["env"] == {"cube_half": 0.015}

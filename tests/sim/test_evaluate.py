@@ -123,3 +123,20 @@ def test_training_stops_on_its_time_budget(trained, tmp_path):
     assert json.loads((ckpt / "meta.json").read_text())["step"] == 1
     with pytest.raises(ConfigError, match="eval_hook"):
         from_dict(type(tiny_config(data, tmp_path).train), {"eval_every": 5, "eval_hook": "nocolon"})
+
+
+def test_bad_task_overrides_and_a_broken_checkpoint_fail_with_a_clear_error(trained, tmp_path):
+    import shutil
+
+    from policy.checkpoint import CheckpointError
+
+    _, ckpt = trained
+    with pytest.raises(ConfigError, match="env.*cube_sise"):
+        evaluate(from_dict(EvalConfig, {"checkpoint": str(ckpt), "episodes": 1, "env": {"cube_sise": 0.02},
+                                        "out": str(tmp_path / "a"), "progress": False}))
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError):  # raised in the worker, reported by the parent (no respawn loop)
+        evaluate(from_dict(EvalConfig, {"checkpoint": str(broken), "episodes": 2, "workers": 2,
+                                        "out": str(tmp_path / "b"), "progress": False}))
