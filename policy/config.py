@@ -100,7 +100,7 @@ class PolicyConfig:
     lowdim_dims: dict[str, int] = field(default_factory=lambda: {keys.EE_POSE: keys.EE_POSE_DIM,
                                                                    keys.GRIPPER: keys.GRIPPER_DIM})
     action_dim: int = keys.ACTION_DIM
-    n_obs_steps: int = 2  # To: observation frames (and sent actions) the policy is conditioned on
+    n_obs_steps: int = 1  # To: observation frames (and sent actions) the policy is conditioned on
     chunk_len: int = 16  # Tp: actions per predicted chunk; chunk[i] is for t_obs + i * dt
     use_action_history: bool = True
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -165,6 +165,8 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
     max_minutes: float = 0.0  # stop after this much training time (validation, checkpoints, evaluation
     # excluded; counted across resumes), the cosine LR decays over it; 0: only train.steps ends the run
+    budget_clock: str = "wall"  # what max_minutes counts: wall (seconds of training steps) | cpu (process CPU
+    # time of training steps, all threads: CPU-minutes, which other processes on the machine do not eat into)
     eval_every: int = 0  # steps between task evaluations (0: none); the best checkpoint is kept as checkpoints/best
     eval_hook: str = "sim.evaluate:evaluate_in_training"  # "module:function"(checkpoint_dir, **eval_args) -> dict
     eval_args: dict[str, Any] = field(default_factory=dict)  # e.g. {episodes: 10, workers: 2, videos: 1}
@@ -181,6 +183,8 @@ class TrainConfig:
         _need(self.device in DEVICES, f"train.device must be one of {DEVICES}, got {self.device!r}")
         _need(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
         _need(self.max_minutes >= 0, f"train.max_minutes must be >= 0, got {self.max_minutes}")
+        _need(self.budget_clock in ("wall", "cpu"),
+              f"train.budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
         _need(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
         _need(self.eval_every == 0 or self.eval_hook.count(":") == 1,
               f"train.eval_hook must be 'module:function', got {self.eval_hook!r}")

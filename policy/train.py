@@ -6,7 +6,8 @@ validation loss and the action MSE of sampled chunks every ``val_every`` steps, 
 and noise are drawn from generators seeded by (seed, epoch) and (seed, step), so a resumed run
 continues the same sequence as an uninterrupted one. Logs go to ``<out_dir>/log.jsonl``.
 
-``train.max_minutes`` stops a run on a budget of training time (counted across resumes). With
+``train.max_minutes`` stops a run on a budget of training time (counted across resumes; wall time of the
+training steps, or their process CPU time with ``train.budget_clock=cpu``). With
 ``train.eval_every`` > 0 the latest checkpoint is evaluated on its task every that many steps by the
 ``train.eval_hook`` plug-in (``"module:function"``, default ``sim.evaluate:evaluate_in_training``; policy
 never imports the simulator itself); the checkpoint with the best success rate (then mean score) is
@@ -281,11 +282,12 @@ class Trainer:
         t = self.cfg.train
         bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True, desc="train")
         window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
+        clock = time.process_time if t.budget_clock == "cpu" else time.perf_counter
         try:
             while self.step < t.steps:
-                step_t = time.perf_counter()
+                step_t = clock()
                 loss = self.train_step()
-                self.train_seconds += time.perf_counter() - step_t
+                self.train_seconds += clock() - step_t
                 out_of_time = 0 < t.max_minutes * 60 <= self.train_seconds
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss} at step {self.step}; the last checkpoint "

@@ -1,17 +1,18 @@
 """Simulation benchmark: env speed, and success rate against CPU-minutes of training, per task.
 
     python tests/benchmarks/bench_sim.py [--quick] [--out FILE.json] [--threads N]
-        [--tasks pick_place,push_t,peek_pick] [--minutes 10,30,60] [--demos 100] [--episodes 50]
-        [--scene-only peek_pick] [--work DIR] [--speed-only]
+        [--tasks pick_place,push_t,peek_pick,peek_pick:scene_only] [--minutes 10,30,60] [--demos 100]
+        [--episodes 50] [--work DIR] [--speed-only]
 
 Per task: env steps per second with both cameras rendered (one process, one core, the scripted
 demonstrator acting), then ``--demos`` demos are collected (``sim.collect``, seeds 0..), the default
-CPU policy (configs/policy/cpu_default.yaml) is trained with ``--threads`` torch threads on a
-time budget, and after each budget in ``--minutes`` the checkpoint is evaluated on ``--episodes``
-unseen seeds through the runtime controller (``sim.evaluate``, measured inference latency).
+CPU policy (configs/policy/cpu_default.yaml) is trained with ``--threads`` torch threads on a budget of
+CPU-minutes (process CPU time of the training steps, ``train.budget_clock=cpu``, so that other load on
+the machine does not shrink the budget), and after each budget in ``--minutes`` the checkpoint is
+evaluated on ``--episodes`` unseen seeds through the runtime controller (``sim.evaluate``, measured inference latency).
 The budgets are reached by resuming one run: each resume stretches the cosine LR schedule over the
 next budget (a warm restart), so a budget's figure is that of one continued run, not of a fresh run
-tuned to that budget. ``--scene-only`` tasks are trained a second time with only the scene camera.
+tuned to that budget. A task named ``<task>:scene_only`` is trained with only the scene camera.
 
 Figures: ``<task>_env_steps_per_s``, ``<task>_success_rate_<m>min`` (+ ``_ci95_low``/``_ci95_high``,
 ``_mean_score``, ``_train_steps``), ``<task>_scene_only_success_rate_<m>min``. Work files (demos, runs)
@@ -76,8 +77,8 @@ def run_task(task: str, args: argparse.Namespace, work: Path, scene_only: bool) 
     res: dict[str, Any] = {}
     for minutes in args.minutes:
         tcfg = {"dataset": str(data), "out_dir": str(run), "steps": 1_000_000, "max_minutes": minutes,
-                "num_threads": args.threads, "ckpt_every": 1000, "val_every": 1000, "progress": False,
-                "resume": (run / "checkpoints" / "latest").is_dir()}
+                "num_threads": args.threads, "budget_clock": "cpu", "ckpt_every": 1000, "val_every": 1000,
+                "progress": False, "resume": (run / "checkpoints" / "latest").is_dir()}
         if args.quick:
             tcfg.update(batch_size=16)
         print(f"{name}: training to {minutes:g} min")
@@ -99,32 +100,31 @@ def run_task(task: str, args: argparse.Namespace, work: Path, scene_only: bool) 
 
 def main() -> None:
     def extra(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tasks", default="pick_place,push_t,peek_pick")
+        p.add_argument("--tasks", default="pick_place,push_t,peek_pick,peek_pick:scene_only",
+                       help="tasks; <task>:scene_only trains without the wrist camera")
         p.add_argument("--minutes", default="10,30,60", help="training budgets (CPU-minutes), increasing")
         p.add_argument("--demos", type=int, default=100)
         p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per budget")
-        p.add_argument("--scene-only", default="peek_pick", help="tasks also trained without the wrist camera")
         p.add_argument("--work", type=Path, default=None, help="folder for demos and runs (reused)")
         p.add_argument("--speed-only", action="store_true", help="only the env speed")
 
     args = parse_args(__file__, __doc__.splitlines()[0], extra)
-    args.tasks = [t for t in args.tasks.split(",") if t]
+    runs = [t.split(":") for t in args.tasks.split(",") if t]
+    if any(len(r) > 2 or (len(r) == 2 and r[1] != "scene_only") for r in runs):
+        raise SystemExit(f"--tasks: entries are <task> or <task>:scene_only, got {args.tasks!r}")
     args.minutes = [float(m) for m in args.minutes.split(",") if m]
-    scene_only = {t for t in args.scene_only.split(",") if t}
     if args.quick:
         args.minutes, args.demos, args.episodes = [0.1], 4, 2
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_sim_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
-    for task in args.tasks:
+    for task in dict.fromkeys(r[0] for r in runs):
         results[f"{task}_env_steps_per_s"] = env_steps_per_s(task, 100 if args.quick else 1000)
         print(f"{task}: {results[f'{task}_env_steps_per_s']:.0f} env steps/s with both cameras")
     if not args.speed_only:
         results.update(demos=args.demos, eval_episodes=args.episodes)
-        for task in args.tasks:
-            results.update(run_task(task, args, work, scene_only=False))
-            if task in scene_only:
-                results.update(run_task(task, args, work, scene_only=True))
+        for r in runs:
+            results.update(run_task(r[0], args, work, scene_only=len(r) == 2))
     rows = [(k, v) for k, v in results.items() if isinstance(v, float)]
     print_table("simulation benchmark", ["figure", "value"], rows)
     results.update(machine_info(args.threads, args.quick))

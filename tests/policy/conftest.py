@@ -24,6 +24,7 @@ def tiny_policy_config(**overrides) -> PolicyConfig:
         unet=UNetConfig(down_dims=(64, 128), kernel_size=3, step_embed_dim=32),
         objective=ObjectiveConfig(name="flow", sampler="euler", num_inference_steps=4),
         chunk_len=8,
+        n_obs_steps=2,  # the CPU default is 1; the tests cover multi-frame windows
     )
     base.update(overrides)
     return PolicyConfig(**base)

@@ -25,7 +25,7 @@ def _compose(overrides: list[str]) -> Config:
 def test_shipped_configs_build(policy):
     cfg = _compose([f"policy={policy}", "train.dataset=x.zarr", "train.out_dir=/tmp/x"])
     assert cfg.train.dataset == "x.zarr"
-    assert cfg.policy.chunk_len == 16 and cfg.policy.n_obs_steps == 2
+    assert cfg.policy.chunk_len == 16 and cfg.policy.n_obs_steps == (1 if policy == "cpu_default" else 2)
 
 
 def test_cpu_default_yaml_matches_dataclass_defaults():

@@ -140,3 +140,12 @@ def test_bad_task_overrides_and_a_broken_checkpoint_fail_with_a_clear_error(trai
     with pytest.raises(CheckpointError):  # raised in the worker, reported by the parent (no respawn loop)
         evaluate(from_dict(EvalConfig, {"checkpoint": str(broken), "episodes": 2, "workers": 2,
                                         "out": str(tmp_path / "b"), "progress": False}))
+
+
+def test_cpu_time_budget_counts_process_cpu_time(trained, tmp_path):
+    data, _ = trained
+    ckpt = train(tiny_config(data, tmp_path / "run", steps=1000, max_minutes=0.01, budget_clock="cpu"))
+    state = json.loads((ckpt / "train_state.json").read_text())
+    assert 0.6 <= state["train_seconds"] < 5.0 and 1 <= state["step"] < 1000
+    with pytest.raises(ConfigError, match="budget_clock"):
+        from_dict(type(tiny_config(data, tmp_path).train), {"budget_clock": "gpu"})
