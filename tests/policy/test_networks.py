@@ -52,8 +52,8 @@ def test_random_crop_varies_and_centre_crop_is_fixed():
 
 
 def test_obs_encoder_output_size_and_time_flattening():
-    cfg = PolicyConfig(image_shape=(32, 32), encoder=EncoderConfig(crop_shape=(28, 28), channels=(8, 8),
-                                                                  stem_stride=2, feature_dim=16))
+    cfg = PolicyConfig(image_shape=(32, 32), n_obs_steps=2,
+                       encoder=EncoderConfig(crop_shape=(28, 28), channels=(8, 8), stem_stride=2, feature_dim=16))
     enc = ObsEncoder(cfg)
     obs = {"scene_rgb": torch.zeros(2, 2, 32, 32, 3, dtype=torch.uint8),
            "wrist_rgb": torch.zeros(2, 2, 32, 32, 3, dtype=torch.uint8),
