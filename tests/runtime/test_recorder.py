@@ -217,7 +217,7 @@ def test_killed_mid_episode_keeps_the_earlier_episodes(tmp_path, sig):
     try:
         _wait_for(proc, "READY")
         proc.send_signal(sig)
-        assert proc.wait(timeout=60) != 0
+        assert proc.wait(timeout=180) != 0
     finally:
         proc.kill()
         proc.wait()
@@ -239,7 +239,7 @@ def test_killed_while_writing_an_episode_keeps_every_committed_one(tmp_path):
         _wait_for(proc, "KEPT", count=3)
         time.sleep(0.05)  # only moves where the kill lands: most often inside the next write (~0.1 s)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        proc.wait(timeout=180)
     finally:
         proc.kill()
         proc.wait()
