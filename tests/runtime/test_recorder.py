@@ -166,7 +166,12 @@ def test_a_dataset_with_other_frames_or_keys_is_refused_early(tmp_path):
 # ------------------------------------------------------------------ crash safety (real child processes)
 
 CHILD = textwrap.dedent("""
+    import signal
     import sys
+    # a fresh Ctrl-C state: a child inherits the parent's blocked-signal mask (in one full pytest run SIGINT
+    # never reached the child); this test is about the recorder, not about the state pytest is in
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from tests.runtime.test_recorder import record
     from runtime.recorder import EpisodeRecorder
 
