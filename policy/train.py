@@ -280,7 +280,10 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.cfg.train
-        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True, desc="train")
+        budget = t.max_minutes * 60
+        # on a time budget the step count is only a cap: show steps and minutes left, not a step ETA
+        bar = tqdm(total=None if budget > 0 else t.steps, initial=self.step, disable=not t.progress,
+                   dynamic_ncols=True, desc="train", unit="step")
         window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
         clock = time.process_time if t.budget_clock == "cpu" else time.perf_counter
         try:
@@ -314,7 +317,10 @@ class Trainer:
                     rec = {"loss": loss_sum / window_n, "lr": lr_at(self.step - 1, self.cfg, self.train_seconds),
                            "samples_per_s": window_n * t.batch_size / max(dt, 1e-9)}
                     self.write_log(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.0f}")
+                    post = {"loss": f"{rec['loss']:.4f}", "samples_s": f"{rec['samples_per_s']:.0f}"}
+                    if budget > 0:
+                        post["min_left"] = f"{max(0.0, budget - self.train_seconds) / 60:.1f}"
+                    bar.set_postfix(post)
                     window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
                 if out_of_time:
                     log.info("step %d: train.max_minutes=%g reached; stopping", self.step, t.max_minutes)
