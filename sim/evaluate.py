@@ -267,7 +267,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from policy.checkpoint import resolve_checkpoint_dir
-    from policy.config_utils import from_dict
+    from policy.config_utils import from_dict, to_dict
     from sim.tasks import get_task
 
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
@@ -284,7 +284,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     bar = tqdm(total=len(jobs), desc=f"evaluate {task}", unit="ep", disable=not cfg.progress)
     n_workers = min(cfg.workers, len(jobs))
     try:
-        with ctx.Pool(n_workers, initializer=_init_worker, initargs=(_plain(cfg), task)) as pool:
+        with ctx.Pool(n_workers, initializer=_init_worker, initargs=(to_dict(cfg), task)) as pool:
             for rec in pool.imap_unordered(_eval_one, jobs):
                 frames = rec.pop("frames", None)
                 if frames is not None:
@@ -300,7 +300,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     records.sort(key=lambda r: r["index"])
     summary = summarize(records)
     summary.update(task=task, checkpoint=str(ckpt), latency=str(cfg.latency), seeds_first=seeds[0],
-                   seeds_skipped=sum(1 for s in range(seeds[0], seeds[-1] + 1) if s in set(collected)),
+                   seeds_skipped=len(set(range(seeds[0], seeds[-1] + 1)) & set(collected)),
                    workers=n_workers, seconds=round(time.perf_counter() - t0, 2), videos=sorted(videos),
                    episodes=records)
     tmp = out / "eval.json.tmp"
@@ -323,12 +323,6 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_length_success": round(float(np.mean([r["steps"] for r in records if r["success"]])), 2)
             if ok else None, "underruns": sum(r["underruns"] for r in records),
             "faults": sum(r["error"] is not None for r in records)}
-
-
-def _plain(cfg: EvalConfig) -> dict[str, Any]:
-    from policy.config_utils import to_dict
-
-    return to_dict(cfg)
 
 
 def evaluate_in_training(checkpoint: str | Path, **args: Any) -> dict[str, Any]:

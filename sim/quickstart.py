@@ -70,7 +70,7 @@ def _collect(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
 
 
 def _train(cfg: QuickstartConfig, out: Path) -> Path:
-    from policy.checkpoint import resolve_checkpoint_dir
+    from policy.checkpoint import CheckpointError, resolve_checkpoint_dir
     from policy.config_utils import from_dict
     from policy.train import train
 
@@ -85,7 +85,7 @@ def _train(cfg: QuickstartConfig, out: Path) -> Path:
             return ckpt
         tcfg["resume"] = True
         print(f"[2/3] resuming training in {run}")
-    except ValueError:
+    except CheckpointError:  # no checkpoint yet: a new run
         print(f"[2/3] training the {cfg.policy.encoder.backbone} policy for {cfg.train_minutes:g} min in {run}")
     return train(Config(policy=cfg.policy, train=from_dict(TrainConfig, tcfg, "train")))
 

@@ -128,22 +128,6 @@ def test_demonstrator_succeeds(env, seed):
     assert np.all(actions[:, 2] > 0.015) and np.all(actions[:, 9] == 0.0)  # fingers closed, above the table
 
 
-def test_demonstrator_is_seeded_and_varied(env):
-    a = rollout(env, 11, keep_obs=False)["actions"]
-    b = rollout(env, 11, keep_obs=False)["actions"]
-    np.testing.assert_array_equal(a, b)
-    # the same scene with a different demonstrator seed: a different path
-    env.reset(seed=11)
-    demo = PushTDemonstrator(env)
-    demo.reset(seed=12)
-    obs = env.last_obs
-    c = []
-    for _ in range(20):
-        c.append(demo.act(obs))
-        obs, *_ = env.step(c[-1])
-    assert not np.allclose(np.stack(c), a[:20], atol=1e-3)
-
-
 def test_demonstrator_rotates_from_either_side(env):
     """The task is multimodal: for the same turn, different seeds push from opposite sides of the T."""
     env.reset(seed=0)
