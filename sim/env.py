@@ -78,6 +78,9 @@ class TableTopConfig:
     workspace_max: tuple[float, float, float] = (0.8, 0.45, 0.5)
     ee_start: tuple[float, float, float] = (0.35, 0.0, 0.25)  # m, TCP at reset (top-down, yaw 0)
     ee_start_jitter: float = 0.02  # m, uniform per axis
+    scene_camera_pos: tuple[float, float, float] = scene.SCENE_CAM_POS  # m, fixed scene camera
+    scene_camera_lookat: tuple[float, float, float] = scene.SCENE_CAM_LOOKAT  # m, the point it looks at
+    scene_camera_fovy: float = scene.SCENE_CAM_FOVY  # deg, vertical field of view
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
 
     def __post_init__(self) -> None:
@@ -98,6 +101,12 @@ class TableTopConfig:
                                               zip(self.workspace_min, self.ee_start, self.workspace_max)),
               f"ee_start {self.ee_start} must lie inside the workspace")
         _need(self.ee_start_jitter >= 0, f"ee_start_jitter must be >= 0, got {self.ee_start_jitter}")
+        _need(len(self.scene_camera_pos) == 3 and len(self.scene_camera_lookat) == 3
+              and any(a != b for a, b in zip(self.scene_camera_pos, self.scene_camera_lookat)),
+              f"scene_camera_pos {self.scene_camera_pos} and scene_camera_lookat {self.scene_camera_lookat} must be "
+              f"two different 3-D points")
+        _need(0 < self.scene_camera_fovy < 180,
+              f"scene_camera_fovy must be in (0, 180) deg, got {self.scene_camera_fovy}")
 
     @property
     def n_substeps(self) -> int:
@@ -117,7 +126,8 @@ class TableTopEnv(gym.Env):
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": cfg.control_hz}
         xml = scene.tabletop_xml(self._task_xml(), cfg.ee_start, scene.TOP_DOWN, cfg.timestep,
-                                 (cfg.image_height, cfg.image_width))
+                                 (cfg.image_height, cfg.image_width),
+                                 (cfg.scene_camera_pos, cfg.scene_camera_lookat, cfg.scene_camera_fovy))
         self.model = mujoco.MjModel.from_xml_string(xml)
         self.data = mujoco.MjData(self.model)
         m = self.model

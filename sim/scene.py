@@ -81,13 +81,16 @@ def gripper_xml(pos, rot: np.ndarray) -> str:
     </body>"""
 
 
-def tabletop_xml(task_bodies: str, ee_pos, ee_rot: np.ndarray, timestep: float, image_size: tuple[int, int]) -> str:
+def tabletop_xml(task_bodies: str, ee_pos, ee_rot: np.ndarray, timestep: float, image_size: tuple[int, int],
+                 scene_cam: tuple = (SCENE_CAM_POS, SCENE_CAM_LOOKAT, SCENE_CAM_FOVY)) -> str:
     """The whole MJCF: scene + gripper at TCP pose (``ee_pos`` m, ``ee_rot`` (3, 3)) + ``task_bodies``.
 
-    ``timestep`` is the physics step (s); ``image_size`` (H, W) sizes the offscreen buffer.
+    ``timestep`` is the physics step (s); ``image_size`` (H, W) sizes the offscreen buffer; ``scene_cam`` is the
+    scene camera's (position m, look-at point m, vertical field of view deg).
     """
     h, w = image_size
-    scene_axes = look_at_xyaxes(SCENE_CAM_POS, SCENE_CAM_LOOKAT)
+    cam_pos, cam_lookat, cam_fovy = scene_cam
+    scene_axes = look_at_xyaxes(cam_pos, cam_lookat)
     return f"""
 <mujoco model="tabletop">
   <compiler angle="radian" autolimits="true"/>
@@ -110,7 +113,7 @@ def tabletop_xml(task_bodies: str, ee_pos, ee_rot: np.ndarray, timestep: float, 
     <geom name="table" type="box" pos="0.45 0 -0.02" size="0.45 0.55 0.02" rgba="0.62 0.55 0.45 1"/>
     <geom name="base" type="cylinder" pos="0 0 0.05" size="0.06 0.05" rgba="0.9 0.9 0.9 1"
           contype="0" conaffinity="0"/>
-    <camera name="scene" pos="{_v(SCENE_CAM_POS)}" xyaxes="{scene_axes}" fovy="{SCENE_CAM_FOVY}"/>
+    <camera name="scene" pos="{_v(cam_pos)}" xyaxes="{scene_axes}" fovy="{cam_fovy}"/>
     {gripper_xml(ee_pos, ee_rot)}
     {task_bodies}
   </worldbody>

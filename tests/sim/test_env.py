@@ -119,9 +119,25 @@ def test_randomization_is_off_by_default_and_seeded_when_on():
     (dict(workspace_min=(0.5, 0.0, 0.0), workspace_max=(0.4, 0.1, 0.1)), "workspace_min"),
     (dict(ee_start=(2.0, 0.0, 0.2)), "ee_start"),
     (dict(cube_half=0.05), "cube_half"),
+    (dict(scene_camera_pos=(0.5, 0.0, 0.5), scene_camera_lookat=(0.5, 0.0, 0.5)), "scene_camera_pos"),
+    (dict(scene_camera_fovy=0.0), "scene_camera_fovy"),
 ])
 def test_config_rules_name_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         PickPlaceConfig(**bad)
     with pytest.raises(ValueError, match="randomization.light"):
         RandomizationConfig(light=-1.0)
+
+
+def test_scene_camera_pose_is_a_config_value():
+    """Moving the scene camera changes only the scene image; the wrist camera and the state stay the same."""
+    a = PickPlaceEnv(PickPlaceConfig())
+    b = PickPlaceEnv(PickPlaceConfig(scene_camera_pos=(0.8, 0.0, 0.75), scene_camera_lookat=(0.5, 0.0, 0.0),
+                                     scene_camera_fovy=40.0))
+    oa, _ = a.reset(seed=3)
+    ob, _ = b.reset(seed=3)
+    assert not np.array_equal(oa[keys.SCENE_RGB], ob[keys.SCENE_RGB])
+    np.testing.assert_array_equal(oa[keys.WRIST_RGB], ob[keys.WRIST_RGB])
+    np.testing.assert_array_equal(oa[keys.EE_POSE], ob[keys.EE_POSE])
+    a.close()
+    b.close()
