@@ -15,6 +15,8 @@ BACKBONES = ("small_cnn", "resnet18")
 OBJECTIVES = ("ddpm", "flow")
 SAMPLERS = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",)}
 DEVICES = ("auto", "cpu", "cuda", "mps")
+LOGGERS = ("tensorboard", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 def _need(ok: bool, message: str) -> None:
@@ -170,6 +172,12 @@ class TrainConfig:
     eval_every: int = 0  # steps between task evaluations (0: none); the best checkpoint is kept as checkpoints/best
     eval_hook: str = "sim.evaluate:evaluate_in_training"  # "module:function"(checkpoint_dir, **eval_args) -> dict
     eval_args: dict[str, Any] = field(default_factory=dict)  # e.g. {episodes: 10, workers: 2, videos: 1}
+    grad_accum: int = 1  # micro-batches per step and process: batch_size / (processes * grad_accum) samples each
+    dist_timeout_minutes: float = 60.0  # multi-process: how long ranks wait for rank 0 (validation, evaluation)
+    loggers: tuple[str, ...] = ()  # besides <out_dir>/log.jsonl: tensorboard (<out_dir>/tensorboard) and/or wandb
+    wandb_project: str = "visuomotor-dp"
+    wandb_entity: str = ""  # "" : the default entity of the W&B login
+    wandb_mode: str = "offline"  # offline (<out_dir>/wandb, upload later with `wandb sync`) | online | disabled
 
     def __post_init__(self) -> None:
         _need(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
@@ -188,6 +196,13 @@ class TrainConfig:
         _need(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
         _need(self.eval_every == 0 or self.eval_hook.count(":") == 1,
               f"train.eval_hook must be 'module:function', got {self.eval_hook!r}")
+        _need(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+              f"train.grad_accum must be >= 1 and divide train.batch_size ({self.batch_size}), got {self.grad_accum}")
+        _need(self.dist_timeout_minutes > 0, f"train.dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
+        unknown = [x for x in self.loggers if x not in LOGGERS]
+        _need(not unknown and len(set(self.loggers)) == len(self.loggers),
+              f"train.loggers must be distinct names out of {LOGGERS}, got {list(self.loggers)}")
+        _need(self.wandb_mode in WANDB_MODES, f"train.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
 
 
 @dataclass

@@ -4,7 +4,15 @@ AdamW with linear warmup and cosine decay, EMA weights (used for validation, inf
 validation loss and the action MSE of sampled chunks every ``val_every`` steps, checkpoints every
 ``ckpt_every`` steps and at the end, exact resume from ``<out_dir>/checkpoints/latest``. Batches
 and noise are drawn from generators seeded by (seed, epoch) and (seed, step), so a resumed run
-continues the same sequence as an uninterrupted one. Logs go to ``<out_dir>/log.jsonl``.
+continues the same sequence as an uninterrupted one. Logs go to ``<out_dir>/log.jsonl`` and, with
+``train.loggers=[tensorboard,wandb]``, to TensorBoard and Weights & Biases (``policy.logger``).
+
+``torchrun --nproc_per_node=N -m policy.train ...`` trains with DistributedDataParallel (``policy.distributed``):
+``train.batch_size`` is the global batch of a step, split into ``N * train.grad_accum`` equal shards; shard
+``k = rank * grad_accum + m`` holds the samples ``ids[k::N * grad_accum]`` of ``batch_ids(step)`` and draws its
+crops and noise from a generator seeded by (seed, step, k). Gradients are averaged over the shards, so
+N processes compute the same update as one process with ``train.grad_accum=N`` (up to float rounding).
+Only rank 0 logs, validates, evaluates and writes checkpoints; the other ranks wait at a barrier meanwhile.
 
 ``train.max_minutes`` stops a run on a budget of training time (counted across resumes; wall time of the
 training steps, or their process CPU time with ``train.budget_clock=cpu``). With
@@ -23,6 +31,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -32,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policy import keys
+from policy import distributed, keys
 from policy.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -43,6 +52,8 @@ from policy.checkpoint import (
 )
 from policy.config import Config
 from policy.data import ReplayBuffer, WindowSampler, split_episodes
+from policy.distributed import DistInfo
+from policy.logger import RunLogger
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
 from policy.normalizer import Normalizer
 from policy.objectives import masked_mse
@@ -81,6 +92,11 @@ def batch_ids(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     return perm[pos * batch_size:(pos + 1) * batch_size]
 
 
+def shard_seed(seed: int, step: int, shard: int) -> int:
+    """Seed of the crop/noise generator of one shard of a step's batch (shard 0: the single-process seed)."""
+    return seed * 1_000_003 + step + shard * 2**40
+
+
 def dataset_fingerprint(rb: ReplayBuffer, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     h = hashlib.sha256(np.asarray(rb.episode_ends, np.int64).tobytes())
     h.update(np.ascontiguousarray(arrays[keys.ACTION]).tobytes())
@@ -92,18 +108,24 @@ def dataset_fingerprint(rb: ReplayBuffer, arrays: dict[str, np.ndarray]) -> dict
 class Trainer:
     """State of one training run (not a framework: it exists so the loop reads top to bottom)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, dist: DistInfo | None = None, device: torch.device | None = None):
+        """``dist``/``device``: this process's rank and device (``distributed.setup``); default one process."""
         self.cfg = cfg
+        self.dist = dist or DistInfo()
         t, p = cfg.train, cfg.policy
         if not t.dataset:
             raise ValueError("train.dataset is empty: pass train.dataset=<path to the zarr replay buffer>")
+        self.n_shards = self.dist.world_size * t.grad_accum
+        if t.batch_size % self.n_shards:
+            raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of processes "
+                             f"({self.dist.world_size}) times train.grad_accum ({t.grad_accum})")
         self.out = Path(t.out_dir)
         self.ckpt_dir = self.out / "checkpoints" / "latest"
         has_ckpt = self.ckpt_dir.exists() or self.ckpt_dir.with_name("latest.old").exists()
         if has_ckpt and not t.resume:
             raise FileExistsError(f"{self.out} already holds a training run; pass train.resume=true to continue "
                                   f"it or choose another train.out_dir (nothing was overwritten)")
-        self.device = resolve_device(t.device)
+        self.device = device if device is not None else resolve_device(t.device)
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         torch.manual_seed(t.seed)
@@ -140,12 +162,14 @@ class Trainer:
         if t.compile:
             self.model.compile()
             self.ema.compile()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.log_file = (self.out / "log.jsonl").open("a")
+        self.loss_fn = distributed.wrap_for_training(self.model, self.dist, self.device)  # (obs, actions, ...) -> loss
+        self.logger = RunLogger(self.out, cfg, self.step) if self.dist.is_main else None
         n_params = sum(x.numel() for x in self.model.parameters())
-        log.info("dataset %s: %d episodes (%d train, %d val), %d train windows; model %.2f M parameters on %s",
-                 t.dataset, rb.n_episodes, len(train_ids), len(val_ids), len(self.train_sampler), n_params / 1e6,
-                 self.device)
+        if self.dist.is_main:
+            log.info("dataset %s: %d episodes (%d train, %d val), %d train windows; model %.2f M parameters on %s"
+                     "%s", t.dataset, rb.n_episodes, len(train_ids), len(val_ids), len(self.train_sampler),
+                     n_params / 1e6, self.device,
+                     f" x {self.dist.world_size} processes" if self.dist.enabled else "")
 
     def _resume(self) -> None:
         cfg, ema, normalizer, meta = load_checkpoint(self.out, "cpu")
@@ -172,7 +196,8 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if (self.best_dir / "eval.json").is_file():
             self.best = json.loads((self.best_dir / "eval.json").read_text())
-        log.info("resumed %s at step %d", self.out, self.step)
+        if self.dist.is_main:
+            log.info("resumed %s at step %d", self.out, self.step)
 
     def _train_state(self) -> dict[str, Any]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -199,24 +224,31 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; -> this process's mean loss over its shards (a 0-dim tensor)."""
         t = self.cfg.train
-        ids = batch_ids(self.step, len(self.train_sampler), t.batch_size, t.seed)
-        batch = self._batch(self.train_sampler, ids)
-        gen = torch.Generator(device=self.device).manual_seed(t.seed * 1_000_003 + self.step)
+        ids = batch_ids(self.step, len(self.train_sampler), t.batch_size, t.seed)  # (batch_size,) global batch
         for group in self.optim.param_groups:
             group["lr"] = lr_at(self.step, self.cfg, self.train_seconds)
         self.model.train()
-        with self._autocast():
-            loss = self.model.loss(batch, batch[keys.ACTION], gen, self.dim_weight)
         self.optim.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = torch.zeros((), device=self.device)
+        for m in range(t.grad_accum):
+            k = self.dist.rank * t.grad_accum + m  # shard index in the global batch
+            batch = self._batch(self.train_sampler, ids[k::self.n_shards])  # (batch_size / n_shards, ...)
+            gen = torch.Generator(device=self.device).manual_seed(shard_seed(t.seed, self.step, k))
+            # DDP averages the gradients over ranks in the backward of the last micro-batch only
+            with distributed.no_sync(self.loss_fn, skip=m < t.grad_accum - 1):
+                with self._autocast():
+                    loss = self.loss_fn(batch, batch[keys.ACTION], gen, self.dim_weight)
+                (loss / t.grad_accum).backward()
+            loss_sum += loss.detach().float()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optim.step()
-        ema_update(self.ema, self.model, self.step, t.ema_decay)
+        ema_update(self.ema, self.model, self.step, t.ema_decay)  # identical on every rank: so are the weights
         self.step += 1
-        return float(loss.detach())
+        return loss_sum / t.grad_accum
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -256,6 +288,9 @@ class Trainer:
         if "success_rate" not in res:
             raise ValueError(f"train.eval_hook {t.eval_hook} returned no 'success_rate' (keys: {sorted(res)})")
         res["step"] = self.step
+        videos = res.get("videos")
+        if self.logger is not None and isinstance(videos, (list, tuple)) and videos:
+            self.logger.log_videos(self.step, [str(v) for v in videos])
         key = (float(res["success_rate"]), float(res.get("mean_score", 0.0)))
         if self.best is None or key > (float(self.best["success_rate"]), float(self.best.get("mean_score", 0.0))):
             tmp = self.best_dir.with_name("best.tmp")
@@ -273,8 +308,8 @@ class Trainer:
         return {f"eval_{k}": v for k, v in res.items() if isinstance(v, (int, float)) and k != "step"}
 
     def write_log(self, record: dict[str, Any]) -> None:
-        self.log_file.write(json.dumps({"step": self.step, "time": time.time(), **record}) + "\n")
-        self.log_file.flush()
+        if self.logger is not None:
+            self.logger.log(self.step, record)
 
     def run(self) -> Path:
         from tqdm import tqdm
@@ -282,15 +317,19 @@ class Trainer:
         t = self.cfg.train
         budget = t.max_minutes * 60
         # on a time budget the step count is only a cap: show steps and minutes left, not a step ETA
-        bar = tqdm(total=None if budget > 0 else t.steps, initial=self.step, disable=not t.progress,
+        main = self.dist.is_main
+        bar = tqdm(total=None if budget > 0 else t.steps, initial=self.step, disable=not (t.progress and main),
                    dynamic_ncols=True, desc="train", unit="step")
         window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
         clock = time.process_time if t.budget_clock == "cpu" else time.perf_counter
         try:
             while self.step < t.steps:
                 step_t = clock()
-                loss = self.train_step()
+                loss_t = self.train_step()
                 self.train_seconds += clock() - step_t
+                # every rank: the global-batch loss and rank 0's clock, so that all ranks decide alike
+                loss, self.train_seconds = distributed.mean_loss_and_rank0_value(self.dist, loss_t,
+                                                                                 self.train_seconds)
                 out_of_time = 0 < t.max_minutes * 60 <= self.train_seconds
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss} at step {self.step}; the last checkpoint "
@@ -300,17 +339,21 @@ class Trainer:
                 bar.update(1)
                 pause_t = time.perf_counter()
                 last = self.step == t.steps or out_of_time
-                if self.step % t.val_every == 0 or last:
+                want_val = self.step % t.val_every == 0 or last
+                want_eval = self.eval_fn is not None and (self.step % t.eval_every == 0 or last)
+                want_save = self.step % t.ckpt_every == 0 or last or want_eval
+                if main and want_val:
                     rec = self.validate()
                     self.write_log(rec)
                     log.info("step %d: %s", self.step, ", ".join(f"{k}={v:.5f}" for k, v in rec.items()))
-                want_eval = self.eval_fn is not None and (self.step % t.eval_every == 0 or last)
-                if self.step % t.ckpt_every == 0 or last or want_eval:
+                if main and want_save:
                     self.save()
-                if want_eval:
+                if main and want_eval:
                     rec = self.evaluate()
                     self.write_log(rec)
                     log.info("step %d: %s", self.step, ", ".join(f"{k}={v}" for k, v in rec.items()))
+                if want_val or want_save or want_eval:
+                    distributed.barrier(self.dist)  # the other ranks wait for rank 0
                 paused += time.perf_counter() - pause_t  # validation and checkpoints do not count as training
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     dt = time.perf_counter() - window_t - paused
@@ -323,11 +366,13 @@ class Trainer:
                     bar.set_postfix(post)
                     window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
                 if out_of_time:
-                    log.info("step %d: train.max_minutes=%g reached; stopping", self.step, t.max_minutes)
+                    if main:
+                        log.info("step %d: train.max_minutes=%g reached; stopping", self.step, t.max_minutes)
                     break
         finally:
             bar.close()
-            self.log_file.close()
+            if self.logger is not None:
+                self.logger.close()
         return self.ckpt_dir
 
 
@@ -344,8 +389,15 @@ def load_hook(spec: str) -> Callable[..., Any]:
 
 
 def train(cfg: Config) -> Path:
-    """Run training to ``cfg.train.steps``; returns the latest checkpoint folder."""
-    return Trainer(cfg).run()
+    """Run training to ``cfg.train.steps``; returns the latest checkpoint folder.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; they join one process group first.
+    """
+    info, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout_minutes)
+    try:
+        return Trainer(cfg, info, device).run()
+    finally:
+        distributed.teardown(info)
 
 
 def main() -> None:
@@ -359,7 +411,8 @@ def main() -> None:
     def _main(dcfg: DictConfig) -> None:
         data = OmegaConf.to_container(dcfg, resolve=True)
         ckpt = train(from_dict(Config, data))
-        print(f"checkpoint: {ckpt}")
+        if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
+            print(f"checkpoint: {ckpt}")
 
     _main()
 
