@@ -1,6 +1,7 @@
 """Collect scripted demonstrations into a zarr replay buffer, in parallel.
 
 ``python -m sim.collect task=pick_place episodes=N out=<dir.zarr> [workers=2] [seed=0] [keep_failed=false]``
+``python -m sim.collect gym.id=<module:Env or gymnasium id> demonstrator=<module:callable> out=... [gym.obs=...]``
 
 Episodes with seeds ``seed, seed+1, ...`` are rolled out by the scripted demonstrator in a
 ``multiprocessing`` spawn pool of ``workers`` processes (each builds its env once). The parent appends
@@ -12,6 +13,11 @@ size in ``<out>/collect_info.json`` (evaluation finds the task there; appending 
 An episode holds, per control tick t (T ticks): ``scene_rgb``/``wrist_rgb`` (T, H, W, 3) uint8 and
 ``ee_pose`` (T, 9), ``gripper`` (T, 1) float32 observed before the action, ``action`` (T, 10) float32
 the action applied at tick t, and ``timestamp`` (T,) float64 = t / control_hz (s, from the episode start).
+
+``task=gym`` (or a non-empty ``gym.id``) collects from a third-party gymnasium env mapped onto our keys by
+the ``gym`` section (``sim.gym_adapter``), with the ``demonstrator`` named as ``module:callable``: the
+episodes then hold the mapped keys only (vectors of the mapped sizes), ``action`` in the mapped action
+space, and ``timestamp`` = t / gym.control_hz. ``demonstrator`` also replaces a task's scripted one.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import numpy as np
 
 from policy import keys
 from policy.data.replay_buffer import DatasetError, ReplayBuffer
+from sim.gym_adapter import GymConfig
 
 SEEDS_FILE = "collect_seeds.json"
-INFO_FILE = "collect_info.json"  # {"task": ..., "image_height": ..., "image_width": ...}
+INFO_FILE = "collect_info.json"  # {"task": ..., "image_height": ..., "image_width": ..., "env", "gym"}
+GYM = "gym"  # the task name of a mapped third-party env
 EPISODE_KEYS = (keys.SCENE_RGB, keys.WRIST_RGB, keys.EE_POSE, keys.GRIPPER, keys.ACTION, keys.TIMESTAMP)
 
 
@@ -46,12 +54,25 @@ class CollectConfig:
     image_height: int = 96
     image_width: int = 96
     env: dict[str, Any] = field(default_factory=dict)  # task config overrides, e.g. {randomization: {light: 0.3}}
+    demonstrator: str = ""  # "module:callable"(env) -> demonstrator; required for task=gym, else the task's own
+    gym: GymConfig = field(default_factory=GymConfig)  # a third-party env (task=gym, or any non-empty gym.id)
 
     def __post_init__(self) -> None:
         from sim.tasks import TASKS
 
-        if self.task not in TASKS:
-            raise ValueError(f"task: unknown task {self.task!r}; known: {', '.join(sorted(TASKS))}")
+        if self.gym.id:
+            self.task = GYM
+        if self.task == GYM:
+            if not self.gym.id:
+                raise ValueError("gym.id: task=gym needs gym.id=<module:EnvClass or a registered gymnasium id>")
+            if not self.demonstrator:
+                raise ValueError("demonstrator: task=gym needs demonstrator=<module:callable>(env) -> demonstrator")
+            if self.env:
+                raise ValueError("env: task overrides do not apply to task=gym; pass the env's arguments as gym.kwargs")
+        elif self.task not in TASKS:
+            raise ValueError(f"task: unknown task {self.task!r}; known: {', '.join(sorted(TASKS))}, {GYM}")
+        if self.demonstrator and self.demonstrator.count(":") != 1:
+            raise ValueError(f"demonstrator must be 'module:callable', got {self.demonstrator!r}")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if not self.out:
@@ -62,8 +83,9 @@ class CollectConfig:
             raise ValueError("env.image_height/env.image_width: set the top-level image_height/image_width instead")
         from policy.config_utils import from_dict
 
-        task_cls = TASKS[self.task].cfg_cls  # unknown or bad env keys fail here, in the parent
-        from_dict(task_cls, {**self.env, "image_height": self.image_height, "image_width": self.image_width}, "env")
+        if self.task != GYM:  # unknown or bad env keys fail here, in the parent
+            from_dict(TASKS[self.task].cfg_cls, {**self.env, "image_height": self.image_height,
+                                                 "image_width": self.image_width}, "env")
         if self.image_height < 1 or self.image_width < 1:
             raise ValueError(f"image_height/image_width must be >= 1, got {self.image_height}x{self.image_width}")
 
@@ -77,38 +99,83 @@ class CollectConfig:
 _W: dict[str, Any] = {}
 
 
-def _init_worker(task: str, overrides: dict[str, Any]) -> None:
+def _init_worker(cfg_dict: dict[str, Any]) -> None:
     """Pool initializer: remember what to build (an exception in an initializer would make the pool
     respawn workers forever, so the env is built on the first episode, where errors reach the parent)."""
-    _W.update(task=task, overrides=overrides)
+    _W.update(cfg_dict=cfg_dict)
 
 
-def rollout_episode(env: Any, seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
-    """One demonstration from ``seed``: (seed, success, episode dict of the keys in ``EPISODE_KEYS``)."""
-    from sim.demo import rollout
+def make_collect_env(cfg: CollectConfig) -> Any:
+    """The env ``cfg`` collects from: the task's, or the mapped third-party env for task=gym."""
+    size = (cfg.image_height, cfg.image_width)
+    if cfg.task == GYM:
+        from sim.gym_adapter import make_gym_env
 
-    res = rollout(env, seed)
+        return make_gym_env(cfg.gym, size)
+    from sim.tasks import make_env
+
+    return make_env(cfg.task, {**cfg.env, "image_height": size[0], "image_width": size[1]})
+
+
+def rollout_episode(env: Any, seed: int, demo: Any = None) -> tuple[int, bool, dict[str, np.ndarray]]:
+    """One demonstration from ``seed`` (``demo``: default the task's scripted demonstrator; required for a
+    mapped env): (seed, success, episode dict of the observation keys, ``action`` and ``timestamp``)."""
+    from sim.gym_adapter import GymAdapter, rollout_gym
+
+    if isinstance(env, GymAdapter):
+        res, hz = rollout_gym(env, seed, demo), env.cfg.control_hz
+    else:
+        from sim.demo import rollout
+
+        res, hz = rollout(env, seed, demo), env.unwrapped.cfg.control_hz
     obs = res["obs"]
-    dt = 1.0 / env.unwrapped.cfg.control_hz
-    episode = {k: np.stack([o[k] for o in obs]) for k in (keys.SCENE_RGB, keys.WRIST_RGB, keys.EE_POSE, keys.GRIPPER)}
+    episode = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
     episode[keys.ACTION] = np.asarray(res["actions"], dtype=np.float32)
-    episode[keys.TIMESTAMP] = np.arange(len(obs), dtype=np.float64) * dt
+    episode[keys.TIMESTAMP] = np.arange(len(obs), dtype=np.float64) / hz
     return seed, bool(res["success"]), episode
 
 
 def _collect_one(seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
     if "env" not in _W:
-        from sim.tasks import make_env
+        from policy.config_utils import from_dict
 
-        _W["env"] = make_env(_W["task"], _W["overrides"])
-    return rollout_episode(_W["env"], seed)
+        cfg = from_dict(CollectConfig, _W["cfg_dict"])
+        _W.update(cfg=cfg, env=make_collect_env(cfg))
+    cfg = _W["cfg"]
+    demo = None
+    if cfg.demonstrator:
+        from sim.gym_adapter import load_callable
+
+        demo = load_callable(cfg.demonstrator, "demonstrator")(_W["env"])
+    return rollout_episode(_W["env"], seed, demo)
+
+
+def episode_spec(cfg: CollectConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (frame shape, dtype)} of the episodes ``cfg`` records; for task=gym the env is built once here
+    (in the parent), so a bad mapping or demonstrator fails before any worker starts."""
+    from sim.gym_adapter import load_callable
+
+    if cfg.demonstrator:
+        load_callable(cfg.demonstrator, "demonstrator")
+    img = (cfg.image_height, cfg.image_width, 3)
+    if cfg.task != GYM:
+        return {keys.SCENE_RGB: (img, "uint8"), keys.WRIST_RGB: (img, "uint8"), keys.EE_POSE: ((keys.EE_POSE_DIM,),
+                "float32"), keys.GRIPPER: ((keys.GRIPPER_DIM,), "float32"), keys.ACTION: ((keys.ACTION_DIM,),
+                "float32"), keys.TIMESTAMP: ((), "float64")}
+    env = make_collect_env(cfg)
+    try:
+        spec = {k: (tuple(s.shape), str(s.dtype)) for k, s in env.observation_space.spaces.items()}
+        spec[keys.ACTION] = ((env.action_dim,), "float32")
+    finally:
+        env.close()
+    return {**spec, keys.TIMESTAMP: ((), "float64")}
 
 
 # ----------------------------------------------------------------- parent side
 
 
-def _open_buffer(cfg: CollectConfig) -> ReplayBuffer:
-    """Open ``cfg.out`` for appending; DatasetError when it exists but is not a compatible replay buffer."""
+def _open_buffer(cfg: CollectConfig, spec: dict[str, tuple[tuple[int, ...], str]]) -> ReplayBuffer:
+    """Open ``cfg.out`` for appending; DatasetError when it exists but is not a replay buffer with ``spec``."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"out={out}: exists and is not a folder (refusing to overwrite it)")
@@ -117,12 +184,10 @@ def _open_buffer(cfg: CollectConfig) -> ReplayBuffer:
     except DatasetError as e:
         raise DatasetError(f"out={out}: exists and is not a replay buffer; choose a new path ({e})") from e
     if rb.n_episodes > 0:
-        if set(rb.keys) != set(EPISODE_KEYS):
-            raise DatasetError(f"out={out}: cannot append, its keys {rb.keys} differ from {sorted(EPISODE_KEYS)}")
-        img = (cfg.image_height, cfg.image_width, 3)
+        if set(rb.keys) != set(spec):
+            raise DatasetError(f"out={out}: cannot append, its keys {rb.keys} differ from {sorted(spec)}")
         try:
-            rb.validate({keys.SCENE_RGB: (img, "uint8"), keys.WRIST_RGB: (img, "uint8"),
-                         keys.ACTION: ((keys.ACTION_DIM,), "float32")})
+            rb.validate(spec)
         except DatasetError as e:
             raise DatasetError(f"out={out}: cannot append, the stored frames differ from this config: {e}") from e
     return rb
@@ -139,10 +204,16 @@ def _write_seeds(out: Path, seeds: list[int]) -> None:
 
 def _write_info(out: Path, cfg: CollectConfig) -> None:
     """Record the task of the buffer; refuse to mix tasks in one buffer."""
+    from policy.config_utils import to_dict
+
     info = {"task": cfg.task, "image_height": cfg.image_height, "image_width": cfg.image_width, "env": cfg.env}
+    if cfg.task == GYM:
+        info.update(gym=to_dict(cfg.gym), demonstrator=cfg.demonstrator)
     old = read_info(out)
     if old and old.get("task") != cfg.task:
         raise DatasetError(f"out={out}: holds demos of task {old.get('task')!r}, not {cfg.task!r}; choose a new path")
+    if old and cfg.task == GYM and old.get("gym", {}).get("id") != cfg.gym.id:
+        raise DatasetError(f"out={out}: holds demos of gym env {old.get('gym', {}).get('id')!r}, not {cfg.gym.id!r}")
     tmp = out / (INFO_FILE + ".tmp")
     tmp.write_text(json.dumps(info))
     tmp.replace(out / INFO_FILE)
@@ -164,19 +235,21 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     """Collect ``cfg.episodes`` demonstrations into ``cfg.out``; returns a summary dict."""
     from tqdm import tqdm
 
-    rb = _open_buffer(cfg)
+    from policy.config_utils import to_dict
+
+    rb = _open_buffer(cfg, episode_spec(cfg))
     out = Path(cfg.out)
     _write_info(out, cfg)
-    overrides = {**cfg.env, "image_height": cfg.image_height, "image_width": cfg.image_width}
     seeds = cfg.seeds
     pending: dict[int, tuple[bool, dict[str, np.ndarray]]] = {}
     done: list[int] = []
     successes = kept = steps = 0
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
-    bar = tqdm(total=len(seeds), desc=f"collect {cfg.task}", unit="ep", disable=not progress)
+    name = cfg.gym.id if cfg.task == GYM else cfg.task
+    bar = tqdm(total=len(seeds), desc=f"collect {name}", unit="ep", disable=not progress)
     try:
-        with ctx.Pool(min(cfg.workers, len(seeds)), initializer=_init_worker, initargs=(cfg.task, overrides)) as pool:
+        with ctx.Pool(min(cfg.workers, len(seeds)), initializer=_init_worker, initargs=(to_dict(cfg),)) as pool:
             for seed, success, episode in pool.imap_unordered(_collect_one, seeds):
                 pending[seed] = (success, episode)
                 while seeds[len(done)] in pending:  # append in seed order

@@ -14,6 +14,10 @@ training demos (read from the dataset folder the checkpoint was trained on).
 Writes ``<out>/eval.json`` (success rate with a 95 % Wilson interval, mean score, episode lengths,
 one record per episode) and ``<out>/videos/episode_<i>_seed_<s>.mp4`` (scene | wrist, side by side)
 for the first ``videos`` episodes.
+
+``task=gym`` (or a non-empty ``gym.id``; by default the mapping recorded with the training demos) runs a
+third-party gymnasium env mapped by the ``gym`` section through the same controller (``sim.gym_drivers``);
+its safety layer is reduced to the mapped action bounds (``safety`` in eval.json says which applied).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 from policy import keys
 from runtime.controller import ControllerConfig, ControllerError
 from runtime.safety import SafetyConfig
+from sim.gym_adapter import GymConfig
 
 log = logging.getLogger("sim.evaluate")
 
@@ -56,6 +61,7 @@ class EvalConfig:
     env: dict[str, Any] = field(default_factory=dict)  # task config overrides (unknown keys fail)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    gym: GymConfig = field(default_factory=GymConfig)  # a third-party env (task=gym); "" id: the demos' mapping
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -138,15 +144,17 @@ def _load_worker() -> None:
 
     from policy.config_utils import from_dict
     from policy.policy import Policy
+    from sim.gym_adapter import make_gym_env
     from sim.tasks import make_env
 
     cfg = from_dict(EvalConfig, _W["cfg_dict"])
     torch.set_num_threads(max(1, cfg.num_threads))
     logging.getLogger("runtime.controller").setLevel(logging.ERROR)  # underruns are counted, not printed
     policy = Policy.from_pretrained(cfg.checkpoint, cfg.device, cfg.num_inference_steps)
-    size = policy.cfg.image_shape
-    overrides = {"image_height": int(size[0]), "image_width": int(size[1]), **cfg.env}
-    _W.update(cfg=cfg, policy=policy, env=make_env(_W["task"], overrides))
+    size = (int(policy.cfg.image_shape[0]), int(policy.cfg.image_shape[1]))
+    env = make_gym_env(cfg.gym, size) if _W["task"] == "gym" else \
+        make_env(_W["task"], {"image_height": size[0], "image_width": size[1], **cfg.env})
+    _W.update(cfg=cfg, policy=policy, env=env)
 
 
 def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool = False,
@@ -164,8 +172,7 @@ def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool 
     from runtime.clock import SimClock
     from runtime.controller import Controller
     from runtime.inference import SimulatedLatencyWorker
-    from runtime.safety import SafetyLayer
-    from sim.drivers import SimCamera, SimRobot
+    from sim.gym_adapter import GymAdapter
 
     torch.manual_seed(seed)  # the sampler's noise: the same episode for the same seed
     clock = clock if clock is not None else SimClock()
@@ -173,50 +180,72 @@ def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool 
     frames: list[np.ndarray] = []
     best = {"score": 0.0, "success": False, "steps": 0}
 
-    class _Robot(SimRobot):
-        def write(self, target: np.ndarray) -> np.ndarray:
-            sent = super().write(target)
-            best["steps"] += 1
-            best["score"] = max(best["score"], float(self.info.get("score", 0.0)))
-            if self.info.get("is_success"):
-                best["success"] = True
-                stop.set()
-            if record:
-                frames.append(_side_by_side(self.env.last_obs))
-            return sent
+    def on_step(info: dict[str, Any], obs: dict[str, np.ndarray], ended: bool = False) -> None:
+        best["steps"] += 1
+        best["score"] = max(best["score"], float(info.get("score", 0.0)))
+        if info.get("is_success"):
+            best["success"] = True
+            stop.set()
+        if ended:  # the env ended the episode (a mapped env's terminated/truncated)
+            stop.set()
+        if record and (frame := _side_by_side(obs)) is not None:
+            frames.append(frame)
 
-    robot = _Robot(env, clock.now)
+    gym_env = isinstance(env, GymAdapter)
+    if gym_env:
+        from sim.gym_drivers import gym_drivers
+
+        robot, cams, safety = gym_drivers(env, policy, cfg.safety, clock.now, on_step)
+    else:
+        robot, cams, safety = _task_drivers(env, policy, cfg.safety, clock.now, on_step)
     _, info = robot.reset(seed)
     best["score"] = float(info.get("score", 0.0))
-    if record:
-        frames.append(_side_by_side(env.last_obs))
-    cams = {k: SimCamera(robot, k) for k in keys.IMAGE_KEYS if k in policy.obs_keys}
+    if record and (frame := _side_by_side(env.last_obs)) is not None:
+        frames.append(frame)
     worker = SimulatedLatencyWorker(policy, clock, cfg.latency_s)
-    dt = 1.0 / env.cfg.control_hz
     ctrl_cfg = ControllerConfig(**{**asdict(cfg.controller), "hz": env.cfg.control_hz})
-    max_steps = cfg.max_steps or env.cfg.max_episode_steps
     error = None
     robot.connect()
     for cam in cams.values():
         cam.connect()
-    ctrl = Controller(robot, cams, worker, SafetyLayer(cfg.safety, dt), clock, ctrl_cfg, stop_event=stop)
+    ctrl = Controller(robot, cams, worker, safety, clock, ctrl_cfg, stop_event=stop)
     try:
-        ctrl.run(max_ticks=max_steps)
+        ctrl.run(max_ticks=cfg.max_steps or env.cfg.max_episode_steps)
     except ControllerError as e:
         error = str(e)
+    if gym_env and best["steps"]:
+        env.check_reported()  # a success_key/score_key that never appeared: a typo, not a failure
     m = ctrl.metrics
     lat = np.asarray(m.inference_latency_s, dtype=np.float64)
     rec = {"seed": seed, "success": best["success"], "score": round(best["score"], 4), "steps": best["steps"],
            "underruns": m.underruns, "chunks": m.chunks_received, "inference_failures": m.inference_failures,
            "interventions": dict(m.interventions), "inference_ms_mean": round(float(lat.mean()) * 1e3, 3)
            if lat.size else None, "error": error}
-    if record:
+    if record and frames:
         rec["frames"] = np.stack(frames)
     return rec
 
 
-def _side_by_side(obs: dict[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([obs[keys.SCENE_RGB], obs[keys.WRIST_RGB]], axis=1)  # (H, 2W, 3)
+def _task_drivers(env: Any, policy: Any, safety: SafetyConfig, now: Any, on_step: Any) -> tuple[Any, dict, Any]:
+    """SimRobot (calling ``on_step(info, obs)`` after each step), cameras and safety layer of a task env."""
+    from runtime.safety import SafetyLayer
+    from sim.drivers import SimCamera, SimRobot
+
+    class _Robot(SimRobot):
+        def write(self, target: np.ndarray) -> np.ndarray:
+            sent = super().write(target)
+            on_step(self.info, self.env.last_obs)
+            return sent
+
+    robot = _Robot(env, now)
+    cams = {k: SimCamera(robot, k) for k in keys.IMAGE_KEYS if k in policy.obs_keys}
+    return robot, cams, SafetyLayer(safety, 1.0 / env.cfg.control_hz)
+
+
+def _side_by_side(obs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The camera images of ``obs`` side by side (H, n*W, 3) (scene | wrist); None without any."""
+    views = [obs[k] for k in keys.IMAGE_KEYS if k in obs]
+    return np.concatenate(views, axis=1) if views else None
 
 
 def _eval_one(job: tuple[int, int, bool]) -> dict[str, Any]:
@@ -244,14 +273,17 @@ def write_video(path: Path, frames: np.ndarray, fps: float, scale: int = 2) -> P
     return path
 
 
-def resolve_task(cfg: EvalConfig) -> tuple[str, list[int]]:
-    """(task, seeds used for collection) from the config and the checkpoint's dataset folder."""
+def resolve_task(cfg: EvalConfig) -> tuple[str, list[int], GymConfig]:
+    """(task, seeds used for collection, gym mapping) from the config and the checkpoint's dataset folder;
+    for task=gym with an empty ``gym.id`` the mapping recorded with the demos."""
     from sim.collect import read_info, read_seeds
+    from sim.gym_adapter import resolve_gym
 
     dataset = dataset_of(cfg.checkpoint)
     info = read_info(dataset) if dataset is not None and dataset.is_dir() else {}
     collected = read_seeds(dataset) if dataset is not None and dataset.is_dir() else []
-    task = cfg.task or info.get("task", "")
+    task, gym_cfg = resolve_gym(cfg.task, cfg.gym, info, cfg.env, f"the checkpoint's dataset ({dataset})")
+    task = task or info.get("task", "")
     if not task:
         raise ValueError(f"task is empty and the checkpoint's dataset ({dataset}) records none: pass task=<name>")
     if cfg.task and info.get("task") and info["task"] != cfg.task:
@@ -259,20 +291,28 @@ def resolve_task(cfg: EvalConfig) -> tuple[str, list[int]]:
     if not collected:
         log.warning("no collection seeds found next to the dataset %s: evaluation seeds start at %d unchecked",
                     dataset, cfg.seed)
-    return task, collected
+    return task, collected, gym_cfg
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation; returns the summary (also written to ``<out>/eval.json``)."""
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from policy.checkpoint import resolve_checkpoint_dir
     from policy.config_utils import from_dict, to_dict
+    from sim.gym_drivers import check_gym_eval
     from sim.tasks import get_task
 
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
-    task, collected = resolve_task(cfg)
-    from_dict(get_task(task).cfg_cls, cfg.env, "env")  # bad task overrides fail here, not in a worker
+    task, collected, gym_cfg = resolve_task(cfg)
+    cfg = replace(cfg, gym=gym_cfg)
+    if task == "gym":  # a mapping the policy does not fit fails here (the env is built once), not in a worker
+        safety = check_gym_eval(cfg.gym, cfg.checkpoint, cfg.safety)
+    else:  # so do bad task overrides
+        from_dict(get_task(task).cfg_cls, cfg.env, "env")
+        safety = {"mode": "safety_layer", **to_dict(cfg.safety)}
     out = Path(cfg.out) if cfg.out else ckpt / "eval"
     out.mkdir(parents=True, exist_ok=True)
     seeds = eval_seeds(cfg.seed, cfg.episodes, set(collected))
@@ -281,14 +321,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     videos: list[str] = []
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
-    bar = tqdm(total=len(jobs), desc=f"evaluate {task}", unit="ep", disable=not cfg.progress)
+    name = cfg.gym.id if task == "gym" else task
+    bar = tqdm(total=len(jobs), desc=f"evaluate {name}", unit="ep", disable=not cfg.progress)
     n_workers = min(cfg.workers, len(jobs))
     try:
         with ctx.Pool(n_workers, initializer=_init_worker, initargs=(to_dict(cfg), task)) as pool:
             for rec in pool.imap_unordered(_eval_one, jobs):
                 frames = rec.pop("frames", None)
                 if frames is not None:
-                    fps = float(cfg.env.get("control_hz", 10.0))
+                    fps = cfg.gym.control_hz if task == "gym" else float(cfg.env.get("control_hz", 10.0))
                     path = out / "videos" / f"episode_{rec['index']:03d}_seed_{rec['seed']}.mp4"
                     videos.append(str(write_video(path, frames, fps, cfg.video_scale)))
                 records.append(rec)
@@ -302,7 +343,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     summary.update(task=task, checkpoint=str(ckpt), latency=str(cfg.latency), seeds_first=seeds[0],
                    seeds_skipped=len(set(range(seeds[0], seeds[-1] + 1)) & set(collected)),
                    workers=n_workers, seconds=round(time.perf_counter() - t0, 2), videos=sorted(videos),
-                   episodes=records)
+                   safety=safety, episodes=records)
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(out / "eval.json")
