@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policy import keys
+from policy.data.interop import KeyMap
 
 BACKBONES = ("small_cnn", "resnet18")
 OBJECTIVES = ("ddpm", "flow")
@@ -172,6 +173,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between task evaluations (0: none); the best checkpoint is kept as checkpoints/best
     eval_hook: str = "sim.evaluate:evaluate_in_training"  # "module:function"(checkpoint_dir, **eval_args) -> dict
     eval_args: dict[str, Any] = field(default_factory=dict)  # e.g. {episodes: 10, workers: 2, videos: 1}
+    dataset_map: KeyMap = field(default_factory=KeyMap)  # another dataset's keys -> ours, read without a copy
     grad_accum: int = 1  # micro-batches per step and process: batch_size / (processes * grad_accum) samples each
     dist_timeout_minutes: float = 60.0  # multi-process: how long ranks wait for rank 0 (validation, evaluation)
     loggers: tuple[str, ...] = ()  # besides <out_dir>/log.jsonl: tensorboard (<out_dir>/tensorboard) and/or wandb

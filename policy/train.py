@@ -51,7 +51,7 @@ from policy.checkpoint import (
     save_checkpoint,
 )
 from policy.config import Config
-from policy.data import ReplayBuffer, WindowSampler, split_episodes
+from policy.data import ReplayBuffer, WindowSampler, open_dataset, split_episodes
 from policy.distributed import DistInfo
 from policy.logger import RunLogger
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
@@ -130,7 +130,7 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         torch.manual_seed(t.seed)
 
-        rb = ReplayBuffer.open(t.dataset, "r")
+        rb = open_dataset(t.dataset, t.dataset_map)  # ours, a zarr v2 group or .zarr.zip; keys through the map
         rb.validate(p.dataset_spec())
         if rb.n_episodes < 1:
             raise ValueError(f"dataset {t.dataset} has no committed episodes")

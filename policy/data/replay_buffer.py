@@ -11,6 +11,11 @@ valid prefix of ``episode_ends`` (strictly increasing, > 0, <= the shortest data
 committed; anything past it is ignored and trimmed by the next ``add_episode``. zarr's LocalStore
 writes every chunk and metadata file atomically (temp file + rename).
 
+Foreign stores in the same layout open read-only and strictly (every data array must cover
+``episode_ends[-1]``): a zarr v2 directory group and a zip store (``replay_buffer.zarr.zip``), both as
+written by the reference diffusion-policy code. Rename or slice their keys with
+``policy.data.reference_zarr.open_dataset(path, KeyMap(...))``, or copy them with ``policy.data.convert``.
+
 Storage: images ((T, H, W, 3) uint8) one frame per chunk, Blosc zstd with bit shuffle (about 10x on
 clean rendered frames, ~2 ms per 96x96 frame); ``timestamp`` float64; other floats float32;
 integer and bool arrays keep their dtype; low-dim arrays in chunks of ``LOWDIM_CHUNK`` steps.
@@ -20,12 +25,14 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
+import zipfile
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
-from zarr.storage import LocalStore
+from zarr.storage import LocalStore, ZipStore
 
 from policy.keys import TIMESTAMP
 
@@ -61,6 +68,31 @@ def _frame_str(shape: tuple[int, ...], dtype: np.dtype | str) -> str:
     return f"({dims}{',' if not shape else ''}) {np.dtype(dtype)}"
 
 
+def check_spec(where: str, found: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+               spec: Mapping[str, tuple[tuple[int, ...], np.dtype | str]]) -> None:
+    """Check ``found`` per-frame ``key -> (shape, dtype)`` against ``spec``; DatasetError naming the key."""
+    for key, (shape, dtype) in spec.items():
+        expected = _frame_str(tuple(shape), dtype)
+        if key not in found:
+            raise DatasetError(f"{where}: missing key '{key}' (expected shape {expected}); found keys: {sorted(found)}")
+        f_shape, f_dtype = found[key]
+        if tuple(f_shape) != tuple(shape) or np.dtype(f_dtype) != np.dtype(dtype):
+            raise DatasetError(f"{where}: key '{key}' expected {expected}, found {_frame_str(tuple(f_shape), f_dtype)}")
+
+
+_FOREIGN_MEMBER = re.compile(r"^data/([^/]+)/(\.zarray|zarr\.json)$")
+
+
+def _foreign_array_names(path: pathlib.Path) -> list[str]:
+    """Names of the arrays under ``data/`` of a v2 directory group or a zip store (from the file listing)."""
+    if path.is_file():
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    else:
+        names = [p.relative_to(path).as_posix() for p in path.glob("data/*/*") if p.is_file()]
+    return sorted({m.group(1) for n in names if (m := _FOREIGN_MEMBER.match(n))})
+
+
 def _committed_ends(ends: np.ndarray, max_len: int) -> np.ndarray:
     """Longest prefix of ``ends`` that is strictly increasing, > 0 and <= ``max_len``."""
     ok = (np.diff(ends, prepend=0) > 0) & (ends <= max_len)  # diff vs prepended 0 also checks > 0
@@ -71,13 +103,29 @@ def _committed_ends(ends: np.ndarray, max_len: int) -> np.ndarray:
 class ReplayBuffer:
     """Episodes of time-major arrays in a zarr group; see the module docstring for the layout."""
 
-    def __init__(self, path: pathlib.Path, root: zarr.Group, read_only: bool) -> None:
-        """Use ``ReplayBuffer.create`` or ``ReplayBuffer.open`` instead."""
+    def __init__(self, path: pathlib.Path, root: zarr.Group, read_only: bool, foreign: bool = False) -> None:
+        """Use ``ReplayBuffer.create`` or ``ReplayBuffer.open`` instead.
+
+        ``foreign``: a v2 or zip store written elsewhere; its arrays are found from the file listing (so
+        an array whose codec is unknown is named) and a ``meta/episode_ends`` that runs past an array is
+        an error rather than a crashed append.
+        """
         self.path = path
         self.read_only = read_only
+        self._root = root  # keeps a zip store open
         self._data: zarr.Group = root["data"]  # type: ignore[assignment]
         self._ends_arr: zarr.Array = root["meta/episode_ends"]  # type: ignore[assignment]
-        self._arrays: dict[str, zarr.Array] = dict(self._data.arrays())
+        if foreign:
+            self._arrays: dict[str, zarr.Array] = {}
+            for name in _foreign_array_names(path):
+                try:
+                    self._arrays[name] = self._data[name]  # type: ignore[assignment]
+                except (ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as e:
+                    raise DatasetError(f"dataset {path}: cannot open array data/{name}: {e} (an image codec such "
+                                       f"as imagecodecs_jpeg2k needs `pip install imagecodecs` and "
+                                       f"imagecodecs.numcodecs.register_codecs())") from e
+        else:
+            self._arrays = dict(self._data.arrays())
         raw = np.asarray(self._ends_arr[:])
         if raw.ndim != 1 or raw.dtype.kind not in "iu":
             raise DatasetError(
@@ -86,6 +134,12 @@ class ReplayBuffer:
             )
         max_len = min((a.shape[0] for a in self._arrays.values()), default=0)
         self._ends = _committed_ends(raw.astype(np.int64), max_len)
+        if foreign and len(self._ends) != len(raw):  # no crashed appends here: the store is inconsistent
+            short = [f"'{k}' has {a.shape[0]}" for k, a in self._arrays.items() if a.shape[0] < raw.max()]
+            if short:
+                raise DatasetError(f"dataset {path}: meta/episode_ends reaches step {int(raw.max())} but data key "
+                                   f"{', '.join(short)} steps (mismatched lengths)")
+            raise DatasetError(f"dataset {path}: meta/episode_ends is not strictly increasing and > 0: {raw.tolist()}")
 
     # ----------------------------------------------------------------- construction
 
@@ -103,12 +157,18 @@ class ReplayBuffer:
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> ReplayBuffer:
-        """Open a dataset: mode "r" read-only, "a" append (created if missing or an empty directory)."""
+        """Open a dataset: mode "r" read-only, "a" append (created if missing or an empty directory).
+
+        Besides our zarr v3 directory, a zarr v2 directory group or a zip store (``*.zarr.zip``) in the same
+        layout opens read-only (mode "r").
+        """
         path = pathlib.Path(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if mode == "a" and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
             return cls.create(path)
+        if path.is_file() or (path / ".zgroup").is_file():
+            return cls._open_foreign(path, mode)
         if not path.is_dir():
             raise DatasetError(f"dataset {path}: no such directory (missing, or not a directory)")
         missing = [p for p in ("zarr.json", "data/zarr.json", "meta/episode_ends/zarr.json")
@@ -123,6 +183,28 @@ class ReplayBuffer:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, zarr.errors.BaseZarrError) as e:
             raise DatasetError(f"dataset {path}: cannot open as a zarr v3 replay buffer: {e!r}") from e
+
+    @classmethod
+    def _open_foreign(cls, path: pathlib.Path, mode: str) -> ReplayBuffer:
+        """Open a zip store or a zarr v2 directory group read-only."""
+        kind = "zip store" if path.is_file() else "zarr v2 group"
+        if path.is_file() and not zipfile.is_zipfile(path):
+            raise DatasetError(f"dataset {path}: a file that is not a zip store (expected a directory or *.zarr.zip)")
+        if mode != "r":
+            raise DatasetError(f"dataset {path}: a {kind} opens read-only (mode='r'); to append, copy it first with "
+                               f"`python -m policy.data.convert src={path} out=<new.zarr>`")
+        try:
+            store = ZipStore(path, mode="r", read_only=True) if path.is_file() else LocalStore(path, read_only=True)
+            root = zarr.open_group(store, mode="r", zarr_format=None if path.is_file() else 2)
+            missing = [k for k in ("data", "meta/episode_ends") if k not in root]
+            if missing:
+                raise DatasetError(f"dataset {path}: not a replay buffer, {kind} lacks {', '.join(missing)}")
+            return cls(path, root, read_only=True, foreign=True)
+        except DatasetError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, zipfile.BadZipFile,
+                zarr.errors.BaseZarrError) as e:
+            raise DatasetError(f"dataset {path}: cannot open as a {kind} replay buffer: {e!r}") from e
 
     # ----------------------------------------------------------------- read
 
@@ -145,6 +227,11 @@ class ReplayBuffer:
     def keys(self) -> list[str]:
         """Sorted data keys."""
         return sorted(self._arrays)
+
+    @property
+    def frame_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Per-frame shape and dtype of each key: {key: ((H, W, 3), uint8), ...}; nothing is read."""
+        return {k: (tuple(a.shape[1:]), np.dtype(a.dtype)) for k, a in self._arrays.items()}
 
     @property
     def episode_lengths(self) -> np.ndarray:
@@ -183,17 +270,7 @@ class ReplayBuffer:
 
         Raises DatasetError naming the key, the expected and the found ``(T, ...) dtype``.
         """
-        for key, (shape, dtype) in spec.items():
-            expected = _frame_str(tuple(shape), dtype)
-            if key not in self._arrays:
-                raise DatasetError(
-                    f"dataset {self.path}: missing key '{key}' (expected shape {expected}); "
-                    f"found keys: {self.keys}"
-                )
-            arr = self._arrays[key]
-            found = _frame_str(tuple(arr.shape[1:]), arr.dtype)
-            if tuple(arr.shape[1:]) != tuple(shape) or np.dtype(arr.dtype) != np.dtype(dtype):
-                raise DatasetError(f"dataset {self.path}: key '{key}' expected {expected}, found {found}")
+        check_spec(f"dataset {self.path}", self.frame_specs, spec)
         ends = self._ends
         if np.any(np.diff(ends) < 0) or (len(ends) and ends[0] < 0):
             raise DatasetError(f"dataset {self.path}: meta/episode_ends is not non-decreasing: {ends}")
