@@ -95,15 +95,14 @@ class SimRobot(Robot):
         return CameraFrame(obs[view], min(self.frame_time, self.now()))
 
 
-class SimCamera(Camera):
-    """One view (``scene_rgb`` or ``wrist_rgb``) of a ``SimRobot``'s env."""
+class FrameCamera(Camera):
+    """One observation key of a simulated robot (``robot.frame(key)``: the latest observation), read like a
+    camera. The robot steps the env; this only hands on what the step observed."""
 
-    def __init__(self, robot: SimRobot, view: str, now: Now | None = None):
+    def __init__(self, robot: Any, key: str, now: Now | None = None, name: str | None = None):
         super().__init__(now or robot.now)
-        if view not in keys.IMAGE_KEYS:
-            raise ValueError(f"view must be one of {keys.IMAGE_KEYS}, got {view!r}")
-        self.robot, self.view = robot, view
-        self.name = f"sim_camera[{view}]"
+        self.robot, self.key = robot, key
+        self.name = name or f"frame_camera[{key}]"
 
     def connect(self) -> None:
         self.connected = True
@@ -114,7 +113,16 @@ class SimCamera(Camera):
     def read(self) -> CameraFrame:
         if not self.connected:
             raise DriverError(f"{self.name}: not connected")
-        return self.robot.frame(self.view)
+        return self.robot.frame(self.key)
+
+
+class SimCamera(FrameCamera):
+    """One view (``scene_rgb`` or ``wrist_rgb``) of a ``SimRobot``'s env."""
+
+    def __init__(self, robot: SimRobot, view: str, now: Now | None = None):
+        if view not in keys.IMAGE_KEYS:
+            raise ValueError(f"view must be one of {keys.IMAGE_KEYS}, got {view!r}")
+        super().__init__(robot, view, now, f"sim_camera[{view}]")
 
 
 def make_sim_robot(params: Mapping[str, Any], now: Now) -> SimRobot:

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from policy import keys
-from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
+from runtime.drivers.base import CameraFrame, DriverError, Robot, RobotState
 from runtime.safety import SafetyConfig, SafetyLayer, SafetyResult
+from sim.drivers import FrameCamera
 from sim.gym_adapter import GymAdapter, GymConfig, _need
 
 log = logging.getLogger("sim.gym_drivers")
@@ -126,23 +127,11 @@ class GymRobot(Robot):
         return CameraFrame(self.env.last_obs[key], min(self.frame_time, self.now()))
 
 
-class GymSensor(Camera):
+class GymSensor(FrameCamera):
     """One mapped observation key (an image or a vector) of a ``GymRobot``, read like a camera."""
 
     def __init__(self, robot: GymRobot, key: str):
-        super().__init__(robot.now)
-        self.robot, self.key, self.name = robot, key, f"gym_sensor[{key}]"
-
-    def connect(self) -> None:
-        self.connected = True
-
-    def close(self) -> None:
-        self.connected = False
-
-    def read(self) -> CameraFrame:
-        if not self.connected:
-            raise DriverError(f"{self.name}: not connected")
-        return self.robot.frame(self.key)
+        super().__init__(robot, key, name=f"gym_sensor[{key}]")
 
 
 def check_policy_fits(env: GymAdapter, obs_keys: tuple[str, ...], action_dim: int,
