@@ -23,7 +23,8 @@ renames whole arrays, ``map.state_keys`` + ``map.state_slices`` cut a packed sta
 The output is written to ``<out>.tmp-<pid>`` and renamed to ``out`` only when complete, so a failed
 import leaves nothing behind; an existing ``out`` is refused unless ``overwrite=true``. Bad input
 raises ``DatasetError`` naming the file and the key. A zarr source can also be used for training
-without a copy: ``policy.data.reference_zarr.open_dataset(path, KeyMap(...))``.
+without a copy: ``train.dataset_map`` (e.g. ``+convert@train.dataset_map=pusht``) reads it through
+``policy.data.reference_zarr.open_dataset(path, KeyMap(...))``.
 """
 
 from __future__ import annotations
