@@ -92,7 +92,8 @@ def _train(cfg: QuickstartConfig, out: Path) -> Path:
 
 def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     from policy.config_utils import from_dict
-    from sim.evaluate import EvalConfig, evaluate, format_summary
+    from sim.evaluate import EvalConfig, evaluate
+    from sim.report import format_summary
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

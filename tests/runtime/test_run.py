@@ -30,7 +30,8 @@ def test_run_on_the_fake_robot_writes_metrics(tmp_path, checkpoint, worker):
     assert m.stop_reason == "completed" and m.chunks_received >= 1 and m.inference_failures == 0
     rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     # a loaded machine may skip ticks (counted as overruns) but never runs more or fewer than 15 in all
-    assert rec["ticks"] + rec["overruns"] == 15 and rec["checkpoint"] == str(checkpoint) and rec["stop_reason"] == "completed"
+    assert rec["ticks"] + rec["overruns"] == 15
+    assert rec["checkpoint"] == str(checkpoint) and rec["stop_reason"] == "completed"
 
 
 def test_dry_run_logs_commands_and_leaves_the_arm_alone(tmp_path, checkpoint):

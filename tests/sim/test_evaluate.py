@@ -10,7 +10,8 @@ from policy.config_utils import ConfigError, from_dict
 from policy.train import Trainer, train
 from sim.collect import CollectConfig, collect, read_seeds
 from sim.demo import rollout
-from sim.evaluate import EvalConfig, eval_seeds, evaluate, run_episode, wilson_interval
+from sim.evaluate import EvalConfig, eval_seeds, evaluate, run_episode
+from sim.report import wilson_interval
 from tests.policy.conftest import tiny_config
 from tests.sim.test_drivers import ReplayPolicy
 
