@@ -13,7 +13,8 @@ import pytest
 from safetensors.torch import load_file
 
 from policy.data import DatasetError, ReplayBuffer
-from policy.train import batch_ids, lr_at, train
+from policy.schedule import batch_ids, lr_at
+from policy.train import train
 
 from .conftest import tiny_config, tiny_policy_config
 
