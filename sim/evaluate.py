@@ -9,7 +9,8 @@ fixed number of seconds, or ``measured`` (the wall time each inference really to
 the first tick where ``info["is_success"]`` holds, or after ``max_steps`` ticks; its score is the
 highest ``info["score"]`` seen. Episodes run in ``workers`` spawn processes, each loading the policy
 once (1 torch thread). Evaluation seeds start at ``seed`` and skip every seed used to collect the
-training demos (read from the dataset folder the checkpoint was trained on).
+training demos (read from the dataset folder the checkpoint was trained on). The task overrides the demos were
+collected with (``env``: a moved camera, randomization) apply as well, under those given here.
 
 Writes ``<out>/eval.json`` (success rate with a 95 % Wilson interval, mean score, episode lengths,
 one record per episode) and ``<out>/videos/episode_<i>_seed_<s>.mp4`` (scene | wrist, side by side)
@@ -59,7 +60,7 @@ class EvalConfig:
     device: str = "cpu"
     num_threads: int = 1  # torch threads per worker
     num_inference_steps: int | None = None  # None: the checkpoint's
-    env: dict[str, Any] = field(default_factory=dict)  # task config overrides (unknown keys fail)
+    env: dict[str, Any] = field(default_factory=dict)  # task overrides over the demos' own (unknown keys fail)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     gym: GymConfig = field(default_factory=GymConfig)  # a third-party env (task=gym); "" id: the demos' mapping
@@ -250,9 +251,11 @@ def _eval_one(job: tuple[int, int, bool]) -> dict[str, Any]:
 # ----------------------------------------------------------------- parent side
 
 
-def resolve_task(cfg: EvalConfig) -> tuple[str, list[int], GymConfig]:
-    """(task, seeds used for collection, gym mapping) from the config and the checkpoint's dataset folder;
-    for task=gym with an empty ``gym.id`` the mapping recorded with the demos."""
+def resolve_task(cfg: EvalConfig) -> tuple[str, list[int], GymConfig, dict[str, Any]]:
+    """(task, seeds used for collection, gym mapping, task overrides) from the config and the checkpoint's
+    dataset folder; for task=gym with an empty ``gym.id`` the mapping recorded with the demos. On the demos'
+    own task, the overrides they were collected with (a moved camera, randomization) apply too, under
+    ``cfg.env`` (a key given there replaces the recorded one)."""
     from sim.collect import read_info, read_seeds
     from sim.gym_adapter import resolve_gym
 
@@ -268,7 +271,8 @@ def resolve_task(cfg: EvalConfig) -> tuple[str, list[int], GymConfig]:
     if not collected:
         log.warning("no collection seeds found next to the dataset %s: evaluation seeds start at %d unchecked",
                     dataset, cfg.seed)
-    return task, collected, gym_cfg
+    env = {**info.get("env", {}), **cfg.env} if task == info.get("task") and task != "gym" else dict(cfg.env)
+    return task, collected, gym_cfg, env
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -283,8 +287,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from sim.tasks import get_task
 
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
-    task, collected, gym_cfg = resolve_task(cfg)
-    cfg = replace(cfg, gym=gym_cfg)
+    task, collected, gym_cfg, env = resolve_task(cfg)
+    cfg = replace(cfg, gym=gym_cfg, env=env)
     if task == "gym":  # a mapping the policy does not fit fails here (the env is built once), not in a worker
         safety = check_gym_eval(cfg.gym, cfg.checkpoint, cfg.safety)
     else:  # so do bad task overrides
@@ -319,7 +323,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     summary = summarize(records)
     summary.update(task=task, checkpoint=str(ckpt), latency=str(cfg.latency), seeds_first=seeds[0],
                    seeds_skipped=len(set(range(seeds[0], seeds[-1] + 1)) & set(collected)),
-                   workers=n_workers, seconds=round(time.perf_counter() - t0, 2), videos=sorted(videos),
+                   env=cfg.env, workers=n_workers, seconds=round(time.perf_counter() - t0, 2), videos=sorted(videos),
                    safety=safety, episodes=records)
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))

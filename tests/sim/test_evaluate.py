@@ -126,6 +126,37 @@ def test_training_stops_on_its_time_budget(trained, tmp_path):
         from_dict(type(tiny_config(data, tmp_path).train), {"eval_every": 5, "eval_hook": "nocolon"})
 
 
+def test_evaluation_uses_the_task_overrides_the_demos_were_collected_with(trained, tmp_path):
+    """Demos collected with a moved scene camera are evaluated with that camera, not the default one."""
+    import shutil
+
+    from sim.evaluate import resolve_task
+
+    data, ckpt = trained
+    moved = tmp_path / "moved.zarr"
+    collect(from_dict(CollectConfig, {"task": "pick_place", "episodes": 1, "out": str(moved), "workers": 1,
+                                      "image_height": H, "image_width": W,
+                                      "env": {"scene_camera_fovy": 40.0, "max_episode_steps": 150}}),
+            progress=False)
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["dataset"]["path"] = str(moved)
+    (copy / "meta.json").write_text(json.dumps(meta))
+
+    def env_of(**args):
+        return resolve_task(from_dict(EvalConfig, {"checkpoint": str(copy), **args}))[3]
+
+    assert env_of() == {"scene_camera_fovy": 40.0, "max_episode_steps": 150}
+    assert env_of(env={"scene_camera_fovy": 50.0}) == {"scene_camera_fovy": 50.0, "max_episode_steps": 150}
+    assert env_of(task="push_t", env={"max_episode_steps": 9}) == {"max_episode_steps": 9}  # another task: not
+    assert resolve_task(from_dict(EvalConfig, {"checkpoint": str(ckpt)}))[3] == {}  # demos without overrides
+    s = evaluate(from_dict(EvalConfig, {"checkpoint": str(copy), "episodes": 1, "workers": 1, "videos": 0,
+                                        "max_steps": 3, "out": str(tmp_path / "ev"), "progress": False}))
+    assert s["env"] == {"scene_camera_fovy": 40.0, "max_episode_steps": 150}
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["env"] == s["env"]
+
+
 def test_bad_task_overrides_and_a_broken_checkpoint_fail_with_a_clear_error(trained, tmp_path):
     import shutil
 

@@ -235,9 +235,9 @@ def test_evaluate_a_mapped_env_with_a_tiny_checkpoint(trained, tmp_path):
 
 def test_evaluate_finds_the_demos_mapping_and_refuses_a_policy_that_does_not_fit(trained, tmp_path):
     _, ckpt, _ = trained
-    task, _, gym_cfg = resolve_task(from_dict(EvalConfig, {"checkpoint": str(ckpt), "task": "gym"}))
+    task, _, gym_cfg, _ = resolve_task(from_dict(EvalConfig, {"checkpoint": str(ckpt), "task": "gym"}))
     assert task == "gym" and to_dict(gym_cfg) == to_dict(from_dict(GymConfig, MAPPING))
-    task, _, gym_cfg = resolve_task(from_dict(EvalConfig, {"checkpoint": str(ckpt)}))
+    task, _, gym_cfg, _ = resolve_task(from_dict(EvalConfig, {"checkpoint": str(ckpt)}))
     assert task == "gym" and gym_cfg.id == MAPPING["id"]
     narrow = {**MAPPING, "obs": {"scene_rgb": "pixels", "ee_pose": "state[0:3]", "gripper": "state[4:5]"}}
     with pytest.raises(ValueError, match="gym.obs.ee_pose: the policy expects 2 values, the mapping gives 3"):
