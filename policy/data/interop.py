@@ -16,6 +16,7 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -149,14 +150,18 @@ def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     """Yield a temporary path ``<out>.tmp-<pid>`` to write into; renamed to ``out`` only on success.
 
     An existing ``out`` is refused unless ``overwrite`` (then replaced only after the new one is complete);
-    on any error the temporary output is removed, so a failed import leaves nothing behind.
+    on any error the temporary output is removed, so a failed import leaves nothing behind. Temporary outputs
+    of ``out`` left by killed processes (their pid is gone) are removed first.
     """
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise DatasetError(f"out={out}: already exists; pass overwrite=true to replace it (nothing was written)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{glob_escape(out.name)}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            _remove(stale)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
     except BaseException:
@@ -169,6 +174,16 @@ def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         _remove(old)
     else:
         tmp.rename(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

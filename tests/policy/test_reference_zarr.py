@@ -225,3 +225,26 @@ def test_training_reads_the_reference_pusht_zip_through_the_preset(tmp_path: Pat
                                  "train": {**OmegaConf.to_container(dcfg.train, resolve=True),
                                            "out_dir": str(tmp_path / "run2"),
                                            "dataset_map": {"keys": {"agent_pos": "ee_pose"}}}}))
+
+
+def test_atomic_output_removes_what_killed_runs_left(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from policy.data.interop import atomic_output
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"out.zarr.tmp-{gone.pid}"  # a killed import's half-written output
+    stale.mkdir()
+    (stale / "half").write_text("x")
+    running = tmp_path / f"out.zarr.tmp-{os.getppid()}"  # an import still running elsewhere: left alone
+    running.mkdir()
+    other = tmp_path / f"other.zarr.tmp-{gone.pid}"  # another output's: left alone
+    other.mkdir()
+    with atomic_output(tmp_path / "out.zarr") as tmp:
+        tmp.mkdir()
+        (tmp / "done").write_text("y")
+    assert (tmp_path / "out.zarr" / "done").is_file()
+    assert not stale.exists() and running.is_dir() and other.is_dir()
