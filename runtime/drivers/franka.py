@@ -180,6 +180,9 @@ class FrankaRobot(Robot):
             hint = "the robot aborted the motion (reflex or limit violation); call reset() to recover"
         elif franky is not None and isinstance(exc, franky.CommandException):
             hint = "the robot refused the command; call reset() to recover"
+        elif "Motion planner failed" in str(exc):  # ruckig inside franky: -111 = synchronization step failed
+            hint = ("franky's trajectory planner (ruckig) found no trajectory to the target, a rare numerical "
+                    "failure (franky issue #76); the motion stopped; call reset() to resume")
         if self._error is None:
             self._error = f"{self.name}: {what} failed: {type(exc).__name__}: {exc} ({hint})"
         return DriverError(self._error)

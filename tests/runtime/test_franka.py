@@ -142,6 +142,14 @@ def test_missing_package_names_pip_package(monkeypatch):
         FrankaRobot(FrankaConfig(ip="172.16.0.2")).connect()
 
 
+def test_a_planner_failure_is_named_with_what_to_do():
+    robot = FrankaRobot(FrankaConfig(ip="127.0.0.1"))
+    err = robot._latch("the running motion", RuntimeError("Motion planner failed with error code -111"))
+    assert "ruckig" in str(err) and "franky issue #76" in str(err) and "reset()" in str(err)
+    err = FrankaRobot(FrankaConfig(ip="127.0.0.1"))._latch("reading the state", OSError("timed out"))
+    assert "connection lost?" in str(err)
+
+
 def test_refused_connection_names_the_ip():
     pytest.importorskip("franky", reason="franky-control not installed (pip install franky-control)")
     robot = FrankaRobot(FrankaConfig(ip="127.0.0.254", connect_timeout_s=5.0))  # nothing listens there

@@ -60,14 +60,23 @@ def _controller(franka_sim, policy):
 
 
 def test_arm_follows_a_commanded_chunk(franka_sim):
-    policy = LinePolicy()
-    ctrl, robot, worker = _controller(franka_sim, policy)
-    try:
-        m = ctrl.run(duration_s=4.5)  # the line takes ~1.8 s; the rest holds its end
-        end = robot.read().ee_pose
-    finally:
-        worker.close()
-        robot.close()
+    for attempt in range(2):
+        policy = LinePolicy()
+        ctrl, robot, worker = _controller(franka_sim, policy)
+        try:
+            m = ctrl.run(duration_s=4.5)  # the line takes ~1.8 s; the rest holds its end
+            end = robot.read().ee_pose
+        except ControllerError as e:
+            # franky's own planner (ruckig) rarely fails to synchronize a trajectory (error -111, franky issue
+            # #76); the driver stops and names it. Once is franky's; a second time fails the test.
+            if attempt == 0 and "Motion planner failed" in str(e):
+                assert "franky issue #76" in str(e)
+                continue
+            raise
+        finally:
+            worker.close()
+            robot.close()
+        break
     assert m.stop_reason == "completed" and m.chunks_received >= 2 and m.inference_failures == 0
     moved = end[:3] - policy.start[:3]
     assert moved[0] == pytest.approx(LENGTH, abs=0.003)  # reached the end of the line
