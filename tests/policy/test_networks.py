@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from policy.config import EncoderConfig, PolicyConfig, UNetConfig
-from policy.encoders import ImageEncoder, ObsEncoder, SpatialSoftmax, crop_images
+from policy.encoders import ImageEncoder, ObsEncoder, SpatialSoftmax, crop_images, gather_crops, slice_crops
 from policy.unet import ConditionalUnet1D
 
 
@@ -49,6 +49,15 @@ def test_random_crop_varies_and_centre_crop_is_fixed():
     for i in range(4):
         found = any(torch.equal(a[i], imgs[i, r:r + 6, s:s + 6]) for r in range(5) for s in range(5))
         assert found
+
+
+def test_crops_by_slices_and_by_gather_are_the_same():
+    # CPU training slices, GPUs gather: the same corners must give the same crops
+    imgs = torch.randint(0, 256, (5, 12, 11, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    top, left = torch.tensor([0, 4, 2, 4, 1]), torch.tensor([3, 0, 5, 1, 2])
+    a, b = slice_crops(imgs, top, left, (8, 6)), gather_crops(imgs, top, left, (8, 6))
+    assert a.shape == (5, 8, 6, 3) and torch.equal(a, b)
+    assert torch.equal(a[2], imgs[2, 2:10, 5:11])
 
 
 def test_obs_encoder_output_size_and_time_flattening():
