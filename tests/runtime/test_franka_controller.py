@@ -81,7 +81,6 @@ def _run(franka_sim, policy_factory, duration_s: float, after_run):
             policy.release.set()
             worker.close()
             robot.close()
-    raise AssertionError("unreachable")
 
 
 def test_arm_follows_a_commanded_chunk(franka_sim):
