@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policy import keys
+from policy.config_utils import need
 from policy.data.interop import KeyMap
 
 BACKBONES = ("small_cnn", "resnet18")
@@ -18,11 +19,6 @@ SAMPLERS = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",)}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOGGERS = ("tensorboard", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass
@@ -38,15 +34,15 @@ class EncoderConfig:
     pretrained_path: str | None = None  # resnet18 only: local .safetensors/.pth ImageNet weights
 
     def __post_init__(self) -> None:
-        _need(self.backbone in BACKBONES, f"encoder.backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        _need(self.feature_dim >= 1, f"encoder.feature_dim must be >= 1, got {self.feature_dim}")
-        _need(self.num_keypoints >= 1, f"encoder.num_keypoints must be >= 1, got {self.num_keypoints}")
-        _need(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+        need(self.backbone in BACKBONES, f"encoder.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        need(self.feature_dim >= 1, f"encoder.feature_dim must be >= 1, got {self.feature_dim}")
+        need(self.num_keypoints >= 1, f"encoder.num_keypoints must be >= 1, got {self.num_keypoints}")
+        need(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
               f"encoder.channels must be a non-empty list of positive ints, got {self.channels}")
-        _need(self.stem_stride in (1, 2, 4), f"encoder.stem_stride must be 1, 2 or 4, got {self.stem_stride}")
-        _need(len(self.crop_shape) == 2 and min(self.crop_shape) >= 8,
+        need(self.stem_stride in (1, 2, 4), f"encoder.stem_stride must be 1, 2 or 4, got {self.stem_stride}")
+        need(len(self.crop_shape) == 2 and min(self.crop_shape) >= 8,
               f"encoder.crop_shape must be [H, W] with both >= 8, got {self.crop_shape}")
-        _need(self.pretrained_path is None or self.backbone == "resnet18",
+        need(self.pretrained_path is None or self.backbone == "resnet18",
               "encoder.pretrained_path is only supported for backbone resnet18")
 
 
@@ -60,13 +56,13 @@ class UNetConfig:
     step_embed_dim: int = 64  # sinusoidal diffusion-step embedding width
 
     def __post_init__(self) -> None:
-        _need(len(self.down_dims) >= 1, "unet.down_dims must not be empty")
+        need(len(self.down_dims) >= 1, "unet.down_dims must not be empty")
         for d in self.down_dims:
-            _need(d % self.n_groups == 0, f"unet.down_dims entries must be divisible by unet.n_groups "
+            need(d % self.n_groups == 0, f"unet.down_dims entries must be divisible by unet.n_groups "
                   f"({self.n_groups}), got {self.down_dims}")
-        _need(self.kernel_size % 2 == 1 and self.kernel_size >= 1,
+        need(self.kernel_size % 2 == 1 and self.kernel_size >= 1,
               f"unet.kernel_size must be odd and >= 1, got {self.kernel_size}")
-        _need(self.step_embed_dim % 2 == 0 and self.step_embed_dim >= 4,
+        need(self.step_embed_dim % 2 == 0 and self.step_embed_dim >= 4,
               f"unet.step_embed_dim must be even and >= 4, got {self.step_embed_dim}")
 
 
@@ -82,15 +78,15 @@ class ObjectiveConfig:
     flow_time_sampling: str = "uniform"  # flow only: uniform | beta (more weight near the noise end)
 
     def __post_init__(self) -> None:
-        _need(self.name in OBJECTIVES, f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
-        _need(self.sampler in SAMPLERS[self.name],
+        need(self.name in OBJECTIVES, f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
+        need(self.sampler in SAMPLERS[self.name],
               f"objective.sampler must be one of {SAMPLERS[self.name]} for objective {self.name!r}, "
               f"got {self.sampler!r}")
-        _need(self.num_train_timesteps >= 2, "objective.num_train_timesteps must be >= 2")
+        need(self.num_train_timesteps >= 2, "objective.num_train_timesteps must be >= 2")
         limit = self.num_train_timesteps if self.name == "ddpm" else 1000
-        _need(1 <= self.num_inference_steps <= limit,
+        need(1 <= self.num_inference_steps <= limit,
               f"objective.num_inference_steps must be in [1, {limit}], got {self.num_inference_steps}")
-        _need(self.flow_time_sampling in ("uniform", "beta"),
+        need(self.flow_time_sampling in ("uniform", "beta"),
               f"objective.flow_time_sampling must be uniform or beta, got {self.flow_time_sampling!r}")
 
 
@@ -111,22 +107,22 @@ class PolicyConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self) -> None:
-        _need(len(self.image_keys) == len(set(self.image_keys)), f"policy.image_keys repeats a key: {self.image_keys}")
-        _need(len(self.image_keys) > 0 or len(self.lowdim_dims) > 0 or self.use_action_history,
+        need(len(self.image_keys) == len(set(self.image_keys)), f"policy.image_keys repeats a key: {self.image_keys}")
+        need(len(self.image_keys) > 0 or len(self.lowdim_dims) > 0 or self.use_action_history,
               "policy needs at least one observation: image_keys, lowdim_dims or use_action_history")
-        _need(len(self.image_shape) == 2 and min(self.image_shape) >= 8,
+        need(len(self.image_shape) == 2 and min(self.image_shape) >= 8,
               f"policy.image_shape must be [H, W] with both >= 8, got {self.image_shape}")
         if self.image_keys:
             ch, cw = self.encoder.crop_shape
-            _need(ch <= self.image_shape[0] and cw <= self.image_shape[1],
+            need(ch <= self.image_shape[0] and cw <= self.image_shape[1],
                   f"policy.encoder.crop_shape {self.encoder.crop_shape} must fit in policy.image_shape "
                   f"{self.image_shape}")
         for k, d in self.lowdim_dims.items():
-            _need(d >= 1, f"policy.lowdim_dims.{k} must be >= 1, got {d}")
-        _need(self.action_dim >= 1, f"policy.action_dim must be >= 1, got {self.action_dim}")
-        _need(self.n_obs_steps >= 1, f"policy.n_obs_steps must be >= 1, got {self.n_obs_steps}")
+            need(d >= 1, f"policy.lowdim_dims.{k} must be >= 1, got {d}")
+        need(self.action_dim >= 1, f"policy.action_dim must be >= 1, got {self.action_dim}")
+        need(self.n_obs_steps >= 1, f"policy.n_obs_steps must be >= 1, got {self.n_obs_steps}")
         levels = len(self.unet.down_dims) - 1
-        _need(self.chunk_len >= 2 ** levels and self.chunk_len % (2 ** levels) == 0,
+        need(self.chunk_len >= 2 ** levels and self.chunk_len % (2 ** levels) == 0,
               f"policy.chunk_len must be divisible by 2**(len(unet.down_dims)-1) = {2 ** levels}, "
               f"got {self.chunk_len}")
 
@@ -182,29 +178,29 @@ class TrainConfig:
     wandb_mode: str = "offline"  # offline (<out_dir>/wandb, upload later with `wandb sync`) | online | disabled
 
     def __post_init__(self) -> None:
-        _need(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
-        _need(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _need(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
-        _need(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _need(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        _need(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        need(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
+        need(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        need(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        need(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("val_every", "ckpt_every", "log_every", "val_batches"):
-            _need(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
-        _need(self.device in DEVICES, f"train.device must be one of {DEVICES}, got {self.device!r}")
-        _need(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
-        _need(self.max_minutes >= 0, f"train.max_minutes must be >= 0, got {self.max_minutes}")
-        _need(self.budget_clock in ("wall", "cpu"),
+            need(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+        need(self.device in DEVICES, f"train.device must be one of {DEVICES}, got {self.device!r}")
+        need(self.grad_clip >= 0, f"train.grad_clip must be >= 0, got {self.grad_clip}")
+        need(self.max_minutes >= 0, f"train.max_minutes must be >= 0, got {self.max_minutes}")
+        need(self.budget_clock in ("wall", "cpu"),
               f"train.budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
-        _need(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
-        _need(self.eval_every == 0 or self.eval_hook.count(":") == 1,
+        need(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
+        need(self.eval_every == 0 or self.eval_hook.count(":") == 1,
               f"train.eval_hook must be 'module:function', got {self.eval_hook!r}")
-        _need(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+        need(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
               f"train.grad_accum must be >= 1 and divide train.batch_size ({self.batch_size}), got {self.grad_accum}")
-        _need(self.dist_timeout_minutes > 0, f"train.dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
+        need(self.dist_timeout_minutes > 0, f"train.dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
         unknown = [x for x in self.loggers if x not in LOGGERS]
-        _need(not unknown and len(set(self.loggers)) == len(self.loggers),
+        need(not unknown and len(set(self.loggers)) == len(self.loggers),
               f"train.loggers must be distinct names out of {LOGGERS}, got {list(self.loggers)}")
-        _need(self.wandb_mode in WANDB_MODES, f"train.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
+        need(self.wandb_mode in WANDB_MODES, f"train.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
 
 
 @dataclass

@@ -86,3 +86,9 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, Mapping):
         return {k: to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+def need(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``: the one rule check behind every config's ``__post_init__``."""
+    if not ok:
+        raise ValueError(message)

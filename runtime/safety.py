@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
+from policy.config_utils import need
 from runtime.rotation import (
     axis_angle_to_mat3,
     mat3_mul,
@@ -25,14 +27,6 @@ from runtime.rotation import (
 )
 
 log = logging.getLogger("runtime.safety")
-
-ACTION_DIM = 10
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
 
 @dataclass
 class SafetyConfig:
@@ -50,15 +44,15 @@ class SafetyConfig:
     stale_stop_s: float = 1.0  # still stale after this long: stop the run
 
     def __post_init__(self) -> None:
-        _need(len(self.workspace_min) == 3 and len(self.workspace_max) == 3,
+        need(len(self.workspace_min) == 3 and len(self.workspace_max) == 3,
               "safety.workspace_min and workspace_max must have 3 entries (x, y, z)")
-        _need(all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)),
+        need(all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)),
               f"safety.workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
         for name in ("max_speed", "max_accel", "max_rot_speed", "max_rot_accel", "stale_hold_s"):
-            _need(getattr(self, name) > 0, f"safety.{name} must be > 0, got {getattr(self, name)}")
-        _need(0 <= self.gripper_min < self.gripper_max,
+            need(getattr(self, name) > 0, f"safety.{name} must be > 0, got {getattr(self, name)}")
+        need(0 <= self.gripper_min < self.gripper_max,
               f"safety.gripper_min/max must satisfy 0 <= min < max, got {self.gripper_min}, {self.gripper_max}")
-        _need(self.stale_stop_s > self.stale_hold_s,
+        need(self.stale_stop_s > self.stale_hold_s,
               f"safety.stale_stop_s ({self.stale_stop_s}) must exceed stale_hold_s ({self.stale_hold_s})")
 
 
@@ -80,7 +74,7 @@ class SafetyLayer:
     """
 
     def __init__(self, cfg: SafetyConfig, dt: float):
-        _need(dt > 0, f"dt must be > 0, got {dt}")
+        need(dt > 0, f"dt must be > 0, got {dt}")
         self.cfg, self.dt = cfg, dt
         self._lo, self._hi = [float(v) for v in cfg.workspace_min], [float(v) for v in cfg.workspace_max]
         self._last: list[float] | None = None  # (10,) last command let through
@@ -105,8 +99,8 @@ class SafetyLayer:
     def reset(self, current: np.ndarray) -> None:
         """Start from the robot's current target (10,): velocity zero, nothing stale."""
         cmd = np.asarray(current, dtype=float).reshape(-1).tolist()
-        _need(len(cmd) == ACTION_DIM and all(map(math.isfinite, cmd)),
-              f"safety.reset needs a finite ({ACTION_DIM},) target, got {current!r}")
+        need(len(cmd) == LAYOUT.dim and all(map(math.isfinite, cmd)),
+              f"safety.reset needs a finite ({LAYOUT.dim},) target, got {current!r}")
         self._last = self._clip_static(cmd, [])
         self._v, self._w = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
         self._stale_since = None
@@ -116,14 +110,14 @@ class SafetyLayer:
         self.counts[reason] += 1
 
     def _clip_static(self, cmd: list[float], reasons: list[str]) -> list[float]:
-        clipped = [min(max(p, lo), hi) for p, lo, hi in zip(cmd[:3], self._lo, self._hi)]
-        if clipped != cmd[:3]:
+        clipped = [min(max(p, lo), hi) for p, lo, hi in zip(cmd[LAYOUT.position], self._lo, self._hi)]
+        if clipped != cmd[LAYOUT.position]:
             self._note(reasons, "workspace")
-            cmd[:3] = clipped
-        g = min(max(cmd[9], self.cfg.gripper_min), self.cfg.gripper_max)
-        if g != cmd[9]:
+            cmd[LAYOUT.position] = clipped
+        g = min(max(cmd[LAYOUT.width], self.cfg.gripper_min), self.cfg.gripper_max)
+        if g != cmd[LAYOUT.width]:
             self._note(reasons, "gripper_range")
-            cmd[9] = g
+            cmd[LAYOUT.width] = g
         return cmd
 
     def hold(self, reason: str | None = None) -> SafetyResult:
@@ -155,8 +149,8 @@ class SafetyLayer:
         """Filter one requested target (10,) into a command that respects every limit."""
         if self._last is None:
             raise RuntimeError("SafetyLayer.check before reset(): call reset(current_target) first")
-        if getattr(target, "shape", None) != (ACTION_DIM,):
-            raise ValueError(f"safety: target must have shape ({ACTION_DIM},), got {getattr(target, 'shape', None)}")
+        if getattr(target, "shape", None) != (LAYOUT.dim,):
+            raise ValueError(f"safety: target must have shape ({LAYOUT.dim},), got {getattr(target, 'shape', None)}")
         cmd = target.tolist()
         if not all(map(math.isfinite, cmd)):
             res = self.hold("nonfinite_action")
@@ -164,8 +158,8 @@ class SafetyLayer:
             return res
         reasons: list[str] = []
         cmd = self._clip_static(cmd, reasons)
-        cmd[:3] = self._limit_translation(cmd[:3], reasons)
-        cmd[3:9] = self._limit_rotation(cmd[3:9], reasons)
+        cmd[LAYOUT.position] = self._limit_translation(cmd[LAYOUT.position], reasons)
+        cmd[LAYOUT.rotation] = self._limit_rotation(cmd[LAYOUT.rotation], reasons)
         self._last = cmd
         return SafetyResult(np.array(cmd), reasons)
 
@@ -187,7 +181,7 @@ class SafetyLayer:
 
     def _limit_rotation(self, r6: list[float], reasons: list[str]) -> list[float]:
         dt, c, pw = self.dt, self.cfg, self._w
-        r_last = rot6d_to_mat3(self._last[3:9])
+        r_last = rot6d_to_mat3(self._last[LAYOUT.rotation])
         r_target = rot6d_to_mat3(r6)
         w = [x / dt for x in mat3_to_axis_angle(mat3_mul_t(r_target, r_last))]  # rad/s, base frame
         dw = [w[i] - pw[i] for i in range(3)]

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from policy import keys
 from runtime.clock import Clock, WallClock, wait_for_tick
 from runtime.controller import target_from_state
@@ -91,10 +92,10 @@ def integrate_target(sent: np.ndarray, inp: TeleopInput, dt: float, gripper: flo
     """Next absolute target (10,) from the last command ``sent`` (10,), velocities held for ``dt`` s,
     and the gripper width ``gripper`` (m). Rotation composes in the base frame: exp(w*dt) @ R."""
     target = np.asarray(sent, dtype=np.float64).copy()
-    target[:3] += inp.translation * dt
-    rot = rot6d_to_matrix(target[3:9])  # (3, 3)
-    target[3:9] = matrix_to_rot6d(axis_angle_to_matrix(inp.rotation * dt) @ rot)
-    target[9] = gripper
+    target[LAYOUT.position] += inp.translation * dt
+    rot = rot6d_to_matrix(target[LAYOUT.rotation])  # (3, 3)
+    target[LAYOUT.rotation] = matrix_to_rot6d(axis_angle_to_matrix(inp.rotation * dt) @ rot)
+    target[LAYOUT.width] = gripper
     return target
 
 

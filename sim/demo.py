@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from policy import keys
 from runtime.rotation import matrix_to_rot6d
 from sim import scene
-from sim.env import _need
+from policy.config_utils import need
 from sim.pick_place import PickPlaceEnv
 
 
@@ -53,13 +54,13 @@ class DemoConfig:
         for name in ("speed", "fine_speed", "fine_height", "approach_height", "grasp_offset", "carry_height",
                      "release_height", "open_width", "pause_ticks"):
             lo, hi = getattr(self, name)
-            _need(lo <= hi, f"demo.{name}: low {lo} must not exceed high {hi}")
-        _need(self.speed[0] > 0 and self.fine_speed[0] > 0, "demo.speed and demo.fine_speed must be > 0")
-        _need(self.accel > 0 and self.rot_speed > 0, "demo.accel and demo.rot_speed must be > 0")
-        _need(self.open_width[1] <= scene.MAX_WIDTH, f"demo.open_width must be <= {scene.MAX_WIDTH}")
+            need(lo <= hi, f"demo.{name}: low {lo} must not exceed high {hi}")
+        need(self.speed[0] > 0 and self.fine_speed[0] > 0, "demo.speed and demo.fine_speed must be > 0")
+        need(self.accel > 0 and self.rot_speed > 0, "demo.accel and demo.rot_speed must be > 0")
+        need(self.open_width[1] <= scene.MAX_WIDTH, f"demo.open_width must be <= {scene.MAX_WIDTH}")
         for name in ("detour_prob", "other_axis_prob", "pause_prob", "speed_change_prob"):
-            _need(0 <= getattr(self, name) <= 1, f"demo.{name} must be in [0, 1], got {getattr(self, name)}")
-        _need(self.tremor >= 0 and self.max_retries >= 0, "demo.tremor and demo.max_retries must be >= 0")
+            need(0 <= getattr(self, name) <= 1, f"demo.{name} must be in [0, 1], got {getattr(self, name)}")
+        need(self.tremor >= 0 and self.max_retries >= 0, "demo.tremor and demo.max_retries must be >= 0")
 
 
 def _wrap(angle: float) -> float:
@@ -89,7 +90,7 @@ class PickPlaceDemonstrator:
         """Start a new episode from the env's current (just reset) state."""
         self.rng = np.random.default_rng(seed)
         pose = self.env.ee_pose()
-        self.pos = pose[:3].copy()  # commanded TCP position (m)
+        self.pos = pose[LAYOUT.position].copy()  # commanded TCP position (m)
         self.yaw = math.atan2(pose[4], pose[3])  # commanded yaw, from the first rotation column
         self.width = self._last_width = self.env.gripper_width()
         self.speed = 0.0  # current speed along the path (m/s)

@@ -28,7 +28,9 @@ import mujoco  # after ``sim/__init__`` has picked the headless GL backend
 import numpy as np
 from gymnasium import spaces
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from policy import keys
+from policy.config_utils import need
 from runtime.rotation import (
     axis_angle_to_matrix,
     mat3_to_rot6d,
@@ -39,11 +41,6 @@ from runtime.rotation import (
 from sim import scene
 
 POS_BOUND = np.array([2.0, 2.0, 2.0])  # m, observation-space bound of the measured TCP position
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass
@@ -57,8 +54,8 @@ class RandomizationConfig:
 
     def __post_init__(self) -> None:
         for name in ("light", "colors", "camera_pos", "camera_rot"):
-            _need(getattr(self, name) >= 0, f"randomization.{name} must be >= 0, got {getattr(self, name)}")
-        _need(self.light < 1, f"randomization.light must be < 1, got {self.light}")
+            need(getattr(self, name) >= 0, f"randomization.{name} must be >= 0, got {getattr(self, name)}")
+        need(self.light < 1, f"randomization.light must be < 1, got {self.light}")
 
 
 @dataclass
@@ -84,28 +81,28 @@ class TableTopConfig:
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
 
     def __post_init__(self) -> None:
-        _need(self.image_height > 0 and self.image_width > 0,
+        need(self.image_height > 0 and self.image_width > 0,
               f"image_height/image_width must be > 0, got {self.image_height}x{self.image_width}")
-        _need(self.control_hz > 0 and self.timestep > 0, "control_hz and timestep must be > 0")
+        need(self.control_hz > 0 and self.timestep > 0, "control_hz and timestep must be > 0")
         n = self.n_substeps
-        _need(n >= 1 and abs(n * self.timestep - 1.0 / self.control_hz) < 1e-9,
+        need(n >= 1 and abs(n * self.timestep - 1.0 / self.control_hz) < 1e-9,
               f"1/control_hz ({1 / self.control_hz} s) must be a whole number of timesteps ({self.timestep} s)")
-        _need(1 <= self.n_interp <= n and n % self.n_interp == 0,
+        need(1 <= self.n_interp <= n and n % self.n_interp == 0,
               f"n_interp ({self.n_interp}) must divide the {n} physics steps of a control period")
-        _need(self.max_episode_steps >= 1, f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
-        _need(self.max_speed > 0 and self.max_rot_speed > 0, "max_speed and max_rot_speed must be > 0")
-        _need(len(self.workspace_min) == 3 and len(self.workspace_max) == 3
+        need(self.max_episode_steps >= 1, f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        need(self.max_speed > 0 and self.max_rot_speed > 0, "max_speed and max_rot_speed must be > 0")
+        need(len(self.workspace_min) == 3 and len(self.workspace_max) == 3
               and all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)),
               f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max} (3 entries)")
-        _need(len(self.ee_start) == 3 and all(lo <= v <= hi for lo, v, hi in
+        need(len(self.ee_start) == 3 and all(lo <= v <= hi for lo, v, hi in
                                               zip(self.workspace_min, self.ee_start, self.workspace_max)),
               f"ee_start {self.ee_start} must lie inside the workspace")
-        _need(self.ee_start_jitter >= 0, f"ee_start_jitter must be >= 0, got {self.ee_start_jitter}")
-        _need(len(self.scene_camera_pos) == 3 and len(self.scene_camera_lookat) == 3
+        need(self.ee_start_jitter >= 0, f"ee_start_jitter must be >= 0, got {self.ee_start_jitter}")
+        need(len(self.scene_camera_pos) == 3 and len(self.scene_camera_lookat) == 3
               and any(a != b for a, b in zip(self.scene_camera_pos, self.scene_camera_lookat)),
               f"scene_camera_pos {self.scene_camera_pos} and scene_camera_lookat {self.scene_camera_lookat} must be "
               f"two different 3-D points")
-        _need(0 < self.scene_camera_fovy < 180,
+        need(0 < self.scene_camera_fovy < 180,
               f"scene_camera_fovy must be in (0, 180) deg, got {self.scene_camera_fovy}")
 
     @property
@@ -122,7 +119,7 @@ class TableTopEnv(gym.Env):
 
     def __init__(self, cfg: TableTopConfig | None = None, render_mode: str | None = None):
         self.cfg = cfg = cfg if cfg is not None else self.default_config()
-        _need(render_mode in (None, "rgb_array"), f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        need(render_mode in (None, "rgb_array"), f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": cfg.control_hz}
         xml = scene.tabletop_xml(self._task_xml(), cfg.ee_start, scene.TOP_DOWN, cfg.timestep,
@@ -220,12 +217,12 @@ class TableTopEnv(gym.Env):
         if a.shape != (keys.ACTION_DIM,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be {keys.ACTION_DIM} finite numbers, got {action!r}")
         try:
-            r6 = mat3_to_rot6d(rot6d_to_mat3(a[3:9]))  # pure Python: ~10x faster than numpy on 3-vectors
+            r6 = mat3_to_rot6d(rot6d_to_mat3(a[LAYOUT.rotation]))  # pure Python: ~10x faster than numpy on 3-vectors
         except ValueError:  # degenerate 6D
             mat = np.zeros(9)
             mujoco.mju_quat2Mat(mat, self.data.mocap_quat[0])
             r6 = matrix_to_rot6d(mat.reshape(3, 3))
-        return np.concatenate([np.clip(a[:3], self._lo, self._hi), r6, [np.clip(a[9], 0.0, scene.MAX_WIDTH)]])
+        return np.concatenate([np.clip(a[LAYOUT.position], self._lo, self._hi), r6, [np.clip(a[LAYOUT.width], 0.0, scene.MAX_WIDTH)]])
 
     def _move(self, target: np.ndarray) -> None:
         """Drive the mocap toward ``target`` (speed-limited, in increments) over one control period."""
@@ -235,15 +232,15 @@ class TableTopEnv(gym.Env):
         r0 = np.zeros(9)
         mujoco.mju_quat2Mat(r0, d.mocap_quat[0])
         r0 = r0.reshape(3, 3)
-        dp = target[:3] - p0
+        dp = target[LAYOUT.position] - p0
         dist = np.linalg.norm(dp)
         if dist > cfg.max_speed * dt:
             dp *= cfg.max_speed * dt / dist
-        aa = matrix_to_axis_angle(np.reshape(rot6d_to_mat3(target[3:9]), (3, 3)) @ r0.T)
+        aa = matrix_to_axis_angle(np.reshape(rot6d_to_mat3(target[LAYOUT.rotation]), (3, 3)) @ r0.T)
         angle = np.linalg.norm(aa)
         if angle > cfg.max_rot_speed * dt:
             aa *= cfg.max_rot_speed * dt / angle
-        d.ctrl[0] = target[9] / 2  # half width per finger
+        d.ctrl[0] = target[LAYOUT.width] / 2  # half width per finger
         quat = np.zeros(4)
         for i in range(1, cfg.n_interp + 1):
             f = i / cfg.n_interp

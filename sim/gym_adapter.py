@@ -41,15 +41,11 @@ from gymnasium import spaces
 from PIL import Image
 
 from policy import keys
+from policy.config_utils import need
 
 OUR_KEYS = (*keys.IMAGE_KEYS, *keys.LOWDIM_KEYS)
 RENDER = "@render"
 _SOURCE = re.compile(r"^(?P<key>[^\[\]]*?)(?:\[(?P<a>\d*):(?P<b>\d*)\])?$")
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass
@@ -65,12 +61,12 @@ class GymActionConfig:
     on_hold: str = "last"  # what a controller hold sends: last (repeat the last command) | hold (the hold action)
 
     def __post_init__(self) -> None:
-        _need(all(i >= 0 for i in self.index) and len(set(self.index)) == len(self.index),
+        need(all(i >= 0 for i in self.index) and len(set(self.index)) == len(self.index),
               f"gym.action.index must hold distinct indices >= 0, got {list(self.index)}")
-        _need(all(s != 0 and math.isfinite(s) for s in self.scale), f"gym.action.scale must be finite and non-zero, "
+        need(all(s != 0 and math.isfinite(s) for s in self.scale), f"gym.action.scale must be finite and non-zero, "
               f"got {list(self.scale)}")
-        _need(self.dim >= 0, f"gym.action.dim must be >= 0, got {self.dim}")
-        _need(self.on_hold in ("last", "hold"), f"gym.action.on_hold must be 'last' or 'hold', got {self.on_hold!r}")
+        need(self.dim >= 0, f"gym.action.dim must be >= 0, got {self.dim}")
+        need(self.on_hold in ("last", "hold"), f"gym.action.on_hold must be 'last' or 'hold', got {self.on_hold!r}")
 
 
 @dataclass
@@ -88,32 +84,32 @@ class GymConfig:
 
     def __post_init__(self) -> None:
         for our, src in self.obs.items():
-            _need(our in OUR_KEYS, f"gym.obs.{our}: unknown key of ours; map onto {', '.join(OUR_KEYS)}")
+            need(our in OUR_KEYS, f"gym.obs.{our}: unknown key of ours; map onto {', '.join(OUR_KEYS)}")
             m = _SOURCE.match(str(src))
-            _need(src == RENDER or m is not None, f"gym.obs.{our}: source {src!r} must be 'key', 'key[a:b]', "
+            need(src == RENDER or m is not None, f"gym.obs.{our}: source {src!r} must be 'key', 'key[a:b]', "
                   f"'[a:b]', '' or '{RENDER}'")
-            _need(src != RENDER or our in keys.IMAGE_KEYS, f"gym.obs.{our}: '{RENDER}' gives an image, not a vector")
-        _need(not self.id or bool(self.obs), "gym.obs must map at least one observation onto our keys")
-        _need(bool(self.success_key), "gym.success_key must name the env's success entry in info")
-        _need(self.control_hz > 0, f"gym.control_hz must be > 0, got {self.control_hz}")
-        _need(self.max_episode_steps >= 1, f"gym.max_episode_steps must be >= 1, got {self.max_episode_steps}")
+            need(src != RENDER or our in keys.IMAGE_KEYS, f"gym.obs.{our}: '{RENDER}' gives an image, not a vector")
+        need(not self.id or bool(self.obs), "gym.obs must map at least one observation onto our keys")
+        need(bool(self.success_key), "gym.success_key must name the env's success entry in info")
+        need(self.control_hz > 0, f"gym.control_hz must be > 0, got {self.control_hz}")
+        need(self.max_episode_steps >= 1, f"gym.max_episode_steps must be >= 1, got {self.max_episode_steps}")
 
 
 def load_callable(spec: str, what: str) -> Callable[..., Any]:
     """``"module:attr"`` -> the callable; ValueError naming ``what`` when it cannot be loaded."""
     mod, sep, attr = spec.partition(":")
-    _need(bool(sep and mod and attr), f"{what}: {spec!r} must be 'module:callable'")
+    need(bool(sep and mod and attr), f"{what}: {spec!r} must be 'module:callable'")
     try:
         obj = getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"{what}: cannot load {spec!r}: {e}") from e
-    _need(callable(obj), f"{what}: {spec!r} is not callable")
+    need(callable(obj), f"{what}: {spec!r} is not callable")
     return obj
 
 
 def make_raw_env(cfg: GymConfig) -> gym.Env:
     """The third-party env of ``cfg.id``: ``module:Callable`` called with kwargs, else ``gymnasium.make``."""
-    _need(bool(cfg.id), "gym.id is empty: name the env ('package.module:EnvClass' or a registered gymnasium id)")
+    need(bool(cfg.id), "gym.id is empty: name the env ('package.module:EnvClass' or a registered gymnasium id)")
     mod, sep, attr = cfg.id.partition(":")
     if sep:
         try:
@@ -134,12 +130,12 @@ def resolve_gym(task: str, cfg: GymConfig, info: dict[str, Any], env_overrides: 
     takes the mapping recorded with the demos (``info["gym"]`` of collect_info.json, found at ``where``)."""
     from policy.config_utils import from_dict
 
-    _need(not cfg.id or task in ("", "gym"), f"task={task} and gym.id={cfg.id} both given: evaluate one of them")
+    need(not cfg.id or task in ("", "gym"), f"task={task} and gym.id={cfg.id} both given: evaluate one of them")
     task = "gym" if cfg.id else task
     if task == "gym" or (not task and info.get("task") == "gym"):
-        _need(not env_overrides, "env: task overrides do not apply to task=gym; the env's arguments are gym.kwargs")
+        need(not env_overrides, "env: task overrides do not apply to task=gym; the env's arguments are gym.kwargs")
         if not cfg.id:
-            _need(bool(info.get("gym", {}).get("id")), f"gym.id: task=gym, and {where} records no gym mapping")
+            need(bool(info.get("gym", {}).get("id")), f"gym.id: task=gym, and {where} records no gym mapping")
             cfg = from_dict(GymConfig, info["gym"], "gym")
         task = "gym"
     return task, cfg
@@ -148,7 +144,7 @@ def resolve_gym(task: str, cfg: GymConfig, info: dict[str, Any], env_overrides: 
 def make_gym_env(cfg: GymConfig, image_size: tuple[int, int]) -> GymAdapter:
     """Build the mapped env; images come out (H, W, 3) = ``image_size``."""
     raw = make_raw_env(cfg)
-    _need(isinstance(raw, gym.Env), f"gym.id: {cfg.id!r} made a {type(raw).__name__}, not a gymnasium.Env")
+    need(isinstance(raw, gym.Env), f"gym.id: {cfg.id!r} made a {type(raw).__name__}, not a gymnasium.Env")
     try:
         return GymAdapter(raw, cfg, image_size)
     except Exception:
@@ -161,7 +157,7 @@ def to_image(value: Any, size: tuple[int, int], where: str) -> np.ndarray:
     a = np.asarray(value)
     if a.ndim == 3 and a.shape[-1] in (1, 4):
         a = a[..., 0] if a.shape[-1] == 1 else a[..., :3]
-    _need(a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3),
+    need(a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3),
           f"{where}: expected an (H, W) or (H, W, 1|3|4) image, got shape {a.shape}")
     if a.dtype != np.uint8:
         a = np.clip(np.nan_to_num(a.astype(np.float64)) * (255.0 if a.dtype.kind == "f" else 1.0), 0, 255)
@@ -196,43 +192,43 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
         where, image = f"gym.obs.{our}", our in keys.IMAGE_KEYS
         h, w = self.image_size
         if src == RENDER:
-            _need(getattr(self.env, "render_mode", None) == "rgb_array",
+            need(getattr(self.env, "render_mode", None) == "rgb_array",
                   f"{where}: '{RENDER}' needs the env made with render_mode rgb_array (gym.kwargs.render_mode)")
             return (None, None), spaces.Box(0, 255, (h, w, 3), np.uint8)
         m = _SOURCE.match(src)
         key, sliced = m["key"], m["a"] is not None
         space = self.env.observation_space
         if isinstance(space, spaces.Dict):
-            _need(key in space.spaces, f"{where}: their key {key!r} is not in the observation (keys: "
+            need(key in space.spaces, f"{where}: their key {key!r} is not in the observation (keys: "
                   f"{', '.join(space.spaces)})")
             space = space[key]
         else:
-            _need(key == "", f"{where}: the observation is not a Dict ({space}); name it '' or '[a:b]', not {key!r}")
-        _need(isinstance(space, spaces.Box), f"{where}: source {src!r} is {space}, not a Box")
+            need(key == "", f"{where}: the observation is not a Dict ({space}); name it '' or '[a:b]', not {key!r}")
+        need(isinstance(space, spaces.Box), f"{where}: source {src!r} is {space}, not a Box")
         if image:
-            _need(not sliced and (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3, 4))),
+            need(not sliced and (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3, 4))),
                   f"{where}: source {src!r} of shape {space.shape} is not an (H, W[, 1|3|4]) image")
             return (key, None), spaces.Box(0, 255, (h, w, 3), np.uint8)
         size = int(np.prod(space.shape))
         a, b = (int(m["a"] or 0), int(m["b"] or size)) if sliced else (0, size)
-        _need(0 <= a < b <= size, f"{where}: slice [{a}:{b}] of {src!r} is out of range (size {size})")
+        need(0 <= a < b <= size, f"{where}: slice [{a}:{b}] of {src!r} is out of range (size {size})")
         return (key, slice(a, b)), spaces.Box(-np.inf, np.inf, (b - a,), np.float32)
 
     def _setup_action(self, ac: GymActionConfig) -> None:
         box = self.env.action_space
-        _need(isinstance(box, spaces.Box), f"gym.action: the env's action space is {box}; only a Box "
+        need(isinstance(box, spaces.Box), f"gym.action: the env's action space is {box}; only a Box "
               f"(continuous) action space can be mapped")
         self._their_shape, D = box.shape, int(np.prod(box.shape))
         lo, hi = box.low.reshape(-1).astype(np.float64), box.high.reshape(-1).astype(np.float64)
-        _need(all(i < D for i in ac.index), f"gym.action.index {list(ac.index)} out of range for the env's {D} "
+        need(all(i < D for i in ac.index), f"gym.action.index {list(ac.index)} out of range for the env's {D} "
               f"action dims ({box})")
         self._index = np.array(ac.index or range(D), dtype=np.int64)
         A = len(self._index)
-        _need(ac.dim in (0, A), f"gym.action.dim is {ac.dim}, but the mapped action has {A} dims (env action "
+        need(ac.dim in (0, A), f"gym.action.dim is {ac.dim}, but the mapped action has {A} dims (env action "
               f"space {box}, index {list(ac.index)})")
 
         def per_dim(values: tuple[float, ...], n: int, default: float, name: str, one: bool = False) -> np.ndarray:
-            _need(len(values) in ((0, 1, n) if one else (0, n)),
+            need(len(values) in ((0, 1, n) if one else (0, n)),
                   f"gym.action.{name} must have {'1 or ' if one else ''}{n} entries, got {len(values)}")
             return np.broadcast_to(np.asarray(values or [default], np.float64), (n,)).copy()
 
@@ -243,7 +239,7 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.low, self.high = np.minimum(b1, b2), np.maximum(b1, b2)  # (A,) our bounds
         self.action_space = spaces.Box(self.low.astype(np.float32), self.high.astype(np.float32), (A,), np.float32)
         hold = per_dim(ac.hold, A, 0.0, "hold")
-        _need(bool(np.all(np.isfinite(hold))), f"gym.action.hold must be finite, got {list(ac.hold)}")
+        need(bool(np.all(np.isfinite(hold))), f"gym.action.hold must be finite, got {list(ac.hold)}")
         self.hold_action = np.clip(hold, self.low, self.high)
 
     @property
@@ -253,7 +249,7 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def clip_action(self, action: Any) -> np.ndarray:
         """(A,) float64 action clipped to our bounds; ValueError for a wrong shape or non-finite values."""
         a = np.asarray(action, dtype=np.float64).reshape(-1)
-        _need(a.shape == (self.action_dim,) and bool(np.all(np.isfinite(a))),
+        need(a.shape == (self.action_dim,) and bool(np.all(np.isfinite(a))),
               f"action must be {self.action_dim} finite numbers (gym.action), got {action!r}")
         return np.clip(a, self.low, self.high)
 
@@ -284,7 +280,7 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def check_reported(self) -> None:
         """ValueError naming ``gym.success_key``/``score_key`` if it never appeared in info this episode."""
         for name, key in (("success_key", self.cfg.success_key), ("score_key", self.cfg.score_key)):
-            _need(not key or key in self.reported, f"gym.{name}: {key!r} never appeared in the env's info "
+            need(not key or key in self.reported, f"gym.{name}: {key!r} never appeared in the env's info "
                   f"during an episode; check the key")
 
     # ---------------------------------------------------------------- gymnasium API

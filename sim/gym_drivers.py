@@ -22,7 +22,8 @@ from policy import keys
 from runtime.drivers.base import CameraFrame, DriverError, Robot, RobotState
 from runtime.safety import SafetyConfig, SafetyLayer, SafetyResult
 from sim.drivers import FrameCamera
-from sim.gym_adapter import GymAdapter, GymConfig, _need
+from policy.config_utils import need
+from sim.gym_adapter import GymAdapter, GymConfig
 
 log = logging.getLogger("sim.gym_drivers")
 
@@ -39,7 +40,7 @@ class BoxSafety(SafetyLayer):
 
     def reset(self, current: np.ndarray) -> None:
         cmd = np.asarray(current, dtype=float).reshape(-1)
-        _need(cmd.shape == self.low.shape and bool(np.all(np.isfinite(cmd))),
+        need(cmd.shape == self.low.shape and bool(np.all(np.isfinite(cmd))),
               f"safety.reset needs a finite {self.low.shape} command, got {current!r}")
         self._last = np.clip(cmd, self.low, self.high).tolist()
         self._stale_since = None
@@ -139,13 +140,13 @@ def check_policy_fits(env: GymAdapter, obs_keys: tuple[str, ...], action_dim: in
     """ValueError naming what differs between a policy and the mapped env (keys, action and vector dims)."""
     needed = [k for k in obs_keys if k != keys.ACTION_HISTORY]
     missing = [k for k in needed if k not in env.observation_space.spaces]
-    _need(not missing, f"gym.obs: the policy needs {missing}, which the mapping does not provide "
+    need(not missing, f"gym.obs: the policy needs {missing}, which the mapping does not provide "
           f"(mapped: {sorted(env.observation_space.spaces)})")
-    _need(action_dim == env.action_dim, f"gym.action: the policy predicts {action_dim}-D actions, the mapped env "
+    need(action_dim == env.action_dim, f"gym.action: the policy predicts {action_dim}-D actions, the mapped env "
           f"takes {env.action_dim}-D")
     for k, d in (lowdim_dims or {}).items():
         found = env.observation_space[k].shape[0]
-        _need(found == d, f"gym.obs.{k}: the policy expects {d} values, the mapping gives {found}")
+        need(found == d, f"gym.obs.{k}: the policy expects {d} values, the mapping gives {found}")
 
 
 def gym_drivers(env: GymAdapter, policy: Any, safety: SafetyConfig, now: Callable[[], float],

@@ -30,7 +30,7 @@ import numpy as np
 
 from sim import scene
 from sim.demo import DemoConfig, PickPlaceDemonstrator
-from sim.env import _need
+from policy.config_utils import need
 from sim.pick_place import PickPlaceConfig, PickPlaceEnv
 
 MARK_HALF_THICKNESS = 0.0005  # m; the mark plate sticks out of its face by this much
@@ -51,16 +51,16 @@ class PeekPickConfig(PickPlaceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _need(self.cube_yaw <= math.pi / 4,
+        need(self.cube_yaw <= math.pi / 4,
               f"cube_yaw must be <= pi/4 so the marked face stays turned to the robot, got {self.cube_yaw}")
         reach = scene.MAX_WIDTH / 2 + 2 * scene.FINGER_HALF[1] + math.sqrt(2) * self.cube_half
-        _need(len(self.pair_gap) == 2 and reach <= self.pair_gap[0] <= self.pair_gap[1],
+        need(len(self.pair_gap) == 2 and reach <= self.pair_gap[0] <= self.pair_gap[1],
               f"pair_gap {self.pair_gap} must be (lo, hi) with {reach:.3f} m (open fingers + cube) <= lo <= hi")
-        _need(0 <= self.pair_dx <= self.pair_gap[0] / 2, f"pair_dx must be in [0, pair_gap[0] / 2], got {self.pair_dx}")
-        _need(0 < self.mark_half < self.cube_half, f"mark_half must be in (0, cube_half), got {self.mark_half}")
-        _need(len(self.mark_rgba) == 4 and all(0 <= v <= 1 for v in self.mark_rgba) and self.mark_rgba[3] == 1,
+        need(0 <= self.pair_dx <= self.pair_gap[0] / 2, f"pair_dx must be in [0, pair_gap[0] / 2], got {self.pair_dx}")
+        need(0 < self.mark_half < self.cube_half, f"mark_half must be in (0, cube_half), got {self.mark_half}")
+        need(len(self.mark_rgba) == 4 and all(0 <= v <= 1 for v in self.mark_rgba) and self.mark_rgba[3] == 1,
               f"mark_rgba must be 4 values in [0, 1] with alpha 1, got {self.mark_rgba}")
-        _need(self.disturb_tol > 0, f"disturb_tol must be > 0, got {self.disturb_tol}")
+        need(self.disturb_tol > 0, f"disturb_tol must be > 0, got {self.disturb_tol}")
 
 
 class PeekPickEnv(PickPlaceEnv):
@@ -177,8 +177,8 @@ class PeekDemoConfig(DemoConfig):
         super().__post_init__()
         for name in ("inspect_back", "inspect_height", "inspect_ticks"):
             lo, hi = getattr(self, name)
-            _need(0 < lo <= hi, f"demo.{name} must be (lo, hi) with 0 < lo <= hi, got {(lo, hi)}")
-        _need(self.inspect_side >= 0, f"demo.inspect_side must be >= 0, got {self.inspect_side}")
+            need(0 < lo <= hi, f"demo.{name} must be (lo, hi) with 0 < lo <= hi, got {(lo, hi)}")
+        need(self.inspect_side >= 0, f"demo.inspect_side must be >= 0, got {self.inspect_side}")
 
 
 class PeekPickDemonstrator(PickPlaceDemonstrator):

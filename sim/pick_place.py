@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from sim.env import TableTopConfig, TableTopEnv, _need
+from policy.config_utils import need
+from sim.env import TableTopConfig, TableTopEnv
 
 BIN_FLOOR_HALF = 0.004  # m, half thickness of the bin floor
 BIN_WALL_HALF = 0.005  # m, half thickness of a bin wall
@@ -36,17 +37,17 @@ class PickPlaceConfig(TableTopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _need(0 < self.cube_half < 0.035, f"cube_half must be in (0, 0.035) m to fit the gripper, got {self.cube_half}")
-        _need(len(self.cube_xy_min) == 2 and len(self.cube_xy_max) == 2
+        need(0 < self.cube_half < 0.035, f"cube_half must be in (0, 0.035) m to fit the gripper, got {self.cube_half}")
+        need(len(self.cube_xy_min) == 2 and len(self.cube_xy_max) == 2
               and all(lo <= hi for lo, hi in zip(self.cube_xy_min, self.cube_xy_max)),
               f"cube_xy_min {self.cube_xy_min} must not exceed cube_xy_max {self.cube_xy_max} (2 entries)")
-        _need(0 <= self.cube_yaw <= math.pi, f"cube_yaw must be in [0, pi], got {self.cube_yaw}")
-        _need(self.bin_jitter >= 0, f"bin_jitter must be >= 0, got {self.bin_jitter}")
-        _need(self.bin_inner_half > 1.5 * self.cube_half,
+        need(0 <= self.cube_yaw <= math.pi, f"cube_yaw must be in [0, pi], got {self.cube_yaw}")
+        need(self.bin_jitter >= 0, f"bin_jitter must be >= 0, got {self.bin_jitter}")
+        need(self.bin_inner_half > 1.5 * self.cube_half,
               f"bin_inner_half ({self.bin_inner_half}) must exceed 1.5 * cube_half ({self.cube_half})")
-        _need(self.bin_wall_height > self.cube_half,
+        need(self.bin_wall_height > self.cube_half,
               f"bin_wall_height ({self.bin_wall_height}) must exceed cube_half ({self.cube_half})")
-        _need(self.settle_speed > 0, f"settle_speed must be > 0, got {self.settle_speed}")
+        need(self.settle_speed > 0, f"settle_speed must be > 0, got {self.settle_speed}")
 
 
 class PickPlaceEnv(TableTopEnv):

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from sim.env import TableTopConfig, TableTopEnv, _need
+from policy.config_utils import need
+from sim.env import TableTopConfig, TableTopEnv
 
 
 @dataclass
@@ -48,23 +49,23 @@ class PushTConfig(TableTopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _need(0 < self.arm_width < self.bar_length, f"arm_width must be in (0, bar_length), got {self.arm_width}")
-        _need(self.arm_width >= 0.025, f"arm_width must be >= 0.025 m (the pusher is 2 cm), got {self.arm_width}")
-        _need(self.bar_length <= 0.25, f"bar_length must be <= 0.25 m, got {self.bar_length}")
-        _need(self.stem_length > 0, f"stem_length must be > 0, got {self.stem_length}")
-        _need(0.01 <= self.block_height <= 0.035,
+        need(0 < self.arm_width < self.bar_length, f"arm_width must be in (0, bar_length), got {self.arm_width}")
+        need(self.arm_width >= 0.025, f"arm_width must be >= 0.025 m (the pusher is 2 cm), got {self.arm_width}")
+        need(self.bar_length <= 0.25, f"bar_length must be <= 0.25 m, got {self.bar_length}")
+        need(self.stem_length > 0, f"stem_length must be > 0, got {self.stem_length}")
+        need(0.01 <= self.block_height <= 0.035,
               f"block_height must be in [0.01, 0.035] m so the palm clears it, got {self.block_height}")
-        _need(self.block_mass > 0, f"block_mass must be > 0, got {self.block_mass}")
-        _need(self.block_friction > 0 and self.block_damping >= 0,
+        need(self.block_mass > 0, f"block_mass must be > 0, got {self.block_mass}")
+        need(self.block_friction > 0 and self.block_damping >= 0,
               f"block_friction must be > 0 and block_damping >= 0, got {self.block_friction}, {self.block_damping}")
-        _need(len(self.goal_xy) == 2, f"goal_xy must have 2 entries, got {self.goal_xy}")
-        _need(len(self.init_xy_min) == 2 and len(self.init_xy_max) == 2
+        need(len(self.goal_xy) == 2, f"goal_xy must have 2 entries, got {self.goal_xy}")
+        need(len(self.init_xy_min) == 2 and len(self.init_xy_max) == 2
               and all(lo <= hi for lo, hi in zip(self.init_xy_min, self.init_xy_max)),
               f"init_xy_min {self.init_xy_min} must not exceed init_xy_max {self.init_xy_max} (2 entries)")
-        _need(0 <= self.init_yaw <= math.pi, f"init_yaw must be in [0, pi], got {self.init_yaw}")
-        _need(0 < self.max_init_overlap < 1, f"max_init_overlap must be in (0, 1), got {self.max_init_overlap}")
-        _need(self.init_clearance >= 0, f"init_clearance must be >= 0, got {self.init_clearance}")
-        _need(0 < self.success_overlap <= 1, f"success_overlap must be in (0, 1], got {self.success_overlap}")
+        need(0 <= self.init_yaw <= math.pi, f"init_yaw must be in [0, pi], got {self.init_yaw}")
+        need(0 < self.max_init_overlap < 1, f"max_init_overlap must be in (0, 1), got {self.max_init_overlap}")
+        need(self.init_clearance >= 0, f"init_clearance must be >= 0, got {self.init_clearance}")
+        need(0 < self.success_overlap <= 1, f"success_overlap must be in (0, 1], got {self.success_overlap}")
 
 
 # ---------------------------------------------------------------- T geometry (2D, metres)

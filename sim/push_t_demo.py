@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from sim.demo import _wrap, yaw_rot6d
-from sim.env import _need
+from policy.config_utils import need
 from sim.push_t import PushTEnv, point_distance, t_outline, transform
 
 PUSHER_HALF = 0.01  # m, half side of the closed finger pads (a 2 x 2 cm square around the TCP)
@@ -64,20 +65,20 @@ class PushDemoConfig:
         for name in ("travel_speed", "push_speed", "fine_push_speed", "push_height", "travel_height", "standoff",
                      "retreat", "finish_overlap", "pause_ticks"):
             lo, hi = getattr(self, name)
-            _need(lo <= hi, f"demo.{name}: low {lo} must not exceed high {hi}")
-        _need(self.travel_speed[0] > 0 and self.push_speed[0] > 0 and self.fine_push_speed[0] > 0,
+            need(lo <= hi, f"demo.{name}: low {lo} must not exceed high {hi}")
+        need(self.travel_speed[0] > 0 and self.push_speed[0] > 0 and self.fine_push_speed[0] > 0,
               "demo.travel_speed, push_speed and fine_push_speed must be > 0")
-        _need(self.accel > 0, f"demo.accel must be > 0, got {self.accel}")
-        _need(self.push_height[0] >= 0.015, f"demo.push_height must be >= 0.015 m, got {self.push_height}")
-        _need(self.travel_height[0] >= 0.06, f"demo.travel_height must be >= 0.06 m, got {self.travel_height}")
-        _need(0 < self.finish_overlap[0] and self.finish_overlap[1] <= 1,
+        need(self.accel > 0, f"demo.accel must be > 0, got {self.accel}")
+        need(self.push_height[0] >= 0.015, f"demo.push_height must be >= 0.015 m, got {self.push_height}")
+        need(self.travel_height[0] >= 0.06, f"demo.travel_height must be >= 0.06 m, got {self.travel_height}")
+        need(0 < self.finish_overlap[0] and self.finish_overlap[1] <= 1,
               f"demo.finish_overlap must be in (0, 1], got {self.finish_overlap}")
-        _need(self.max_push > 0 and self.spacing > 0 and self.limit_radius > 0 and self.contact_friction > 0,
+        need(self.max_push > 0 and self.spacing > 0 and self.limit_radius > 0 and self.contact_friction > 0,
               "demo.max_push, spacing, limit_radius and contact_friction must be > 0")
         for name in ("lift_prob", "detour_prob", "pause_prob", "speed_change_prob"):
-            _need(0 <= getattr(self, name) <= 1, f"demo.{name} must be in [0, 1], got {getattr(self, name)}")
-        _need(self.tremor >= 0 and 0 <= self.choice < 1, "demo.tremor must be >= 0 and demo.choice in [0, 1)")
-        _need(self.push_overhead > 0, f"demo.push_overhead must be > 0, got {self.push_overhead}")
+            need(0 <= getattr(self, name) <= 1, f"demo.{name} must be in [0, 1], got {getattr(self, name)}")
+        need(self.tremor >= 0 and 0 <= self.choice < 1, "demo.tremor must be >= 0 and demo.choice in [0, 1)")
+        need(self.push_overhead > 0, f"demo.push_overhead must be > 0, got {self.push_overhead}")
 
 
 # ---------------------------------------------------------------- push model
@@ -180,7 +181,7 @@ class PushTDemonstrator:
         c = self.cfg
         self.rng = np.random.default_rng(seed)
         pose = self.env.ee_pose()
-        self.pos = pose[:3].copy()  # commanded TCP position (m)
+        self.pos = pose[LAYOUT.position].copy()  # commanded TCP position (m)
         self.yaw = _wrap(math.atan2(pose[4], pose[3]) + self.rng.uniform(-c.yaw, c.yaw))
         self.speed = 0.0
         self.tremor = np.zeros(3)

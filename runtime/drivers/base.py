@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
+
 
 class DriverError(RuntimeError):
     """A device is unreachable, disconnected or refused a command; the message names the device."""
@@ -24,8 +26,8 @@ class DriverError(RuntimeError):
 def check_target(target: np.ndarray, name: str) -> np.ndarray:
     """(10,) finite float64 copy of an action, else ValueError naming the device."""
     t = np.asarray(target, dtype=np.float64).reshape(-1).copy()
-    if t.shape != (10,) or not np.all(np.isfinite(t)):
-        raise ValueError(f"{name}: target must be 10 finite numbers (pos 3, rot6d 6, gripper 1), got {target!r}")
+    if t.shape != (LAYOUT.dim,) or not np.all(np.isfinite(t)):
+        raise ValueError(f"{name}: target must be {LAYOUT.dim} finite numbers (pos 3, rot6d 6, gripper 1), got {target!r}")
     return t
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
 
 IDENTITY_6D = np.array([1, 0, 0, 0, 1, 0], dtype=np.float64)
@@ -45,9 +46,9 @@ class FakeRobot(Robot):
         if self.stopped:
             raise DriverError(f"{self.name}: stopped, refusing commands")
         target = np.asarray(target, dtype=np.float64).copy()
-        self.ee_pose[:3] += self.tracking * (target[:3] - self.ee_pose[:3])
-        self.ee_pose[3:] = target[3:9]
-        self.gripper = target[9:10].copy()
+        self.ee_pose[LAYOUT.position] += self.tracking * (target[LAYOUT.position] - self.ee_pose[LAYOUT.position])
+        self.ee_pose[LAYOUT.rotation] = target[LAYOUT.rotation]
+        self.gripper = target[LAYOUT.gripper].copy()
         self.sent.append(target)
         return target
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from runtime.drivers.base import DriverError, Robot, RobotState, call_with_timeout, check_target
 from runtime.rotation import matrix_to_rot6d, rot6d_to_matrix
 
@@ -87,8 +88,8 @@ def import_franky() -> Any:
 def pose_matrix(target: np.ndarray) -> np.ndarray:
     """(>= 9,) position (m) + 6D rotation -> (4, 4) homogeneous transform (rotation re-orthonormalized)."""
     m = np.eye(4)
-    m[:3, :3] = rot6d_to_matrix(np.asarray(target[3:9], dtype=np.float64))
-    m[:3, 3] = target[:3]
+    m[:3, :3] = rot6d_to_matrix(np.asarray(target[LAYOUT.rotation], dtype=np.float64))
+    m[:3, 3] = target[LAYOUT.position]
     return m
 
 
@@ -242,7 +243,7 @@ class FrankaRobot(Robot):
             robot.move(motion, asynchronous=True)
         except Exception as exc:
             raise self._latch("sending the Cartesian target", exc) from exc
-        width = float(np.clip(target[9], self.config.gripper_min_width_m, self.config.gripper_max_width_m))
+        width = float(np.clip(target[LAYOUT.width], self.config.gripper_min_width_m, self.config.gripper_max_width_m))
         self._command_gripper(width)
         return np.concatenate([matrix_pose(pose), [width]])
 

@@ -27,10 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from runtime.drivers.base import DriverError, Robot, RobotState, call_with_timeout, check_target
 from runtime.rotation import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
 
 log = logging.getLogger(__name__)
+
+UR_POSITION = slice(0, 3)  # a UR TCP pose (6,): x, y, z (m) ...
+UR_ROTVEC = slice(3, 6)  # ... then a rotation vector (rad)
 
 
 @dataclass
@@ -84,22 +88,22 @@ def import_rtde() -> tuple[Any, Any]:
 def ur_to_pose(tcp: np.ndarray) -> np.ndarray:
     """UR TCP pose (6,) [x, y, z (m), rotation vector (rad)] -> (9,) position + 6D rotation."""
     tcp = np.asarray(tcp, dtype=np.float64)
-    return np.concatenate([tcp[:3], matrix_to_rot6d(axis_angle_to_matrix(tcp[3:6]))])
+    return np.concatenate([tcp[UR_POSITION], matrix_to_rot6d(axis_angle_to_matrix(tcp[UR_ROTVEC]))])
 
 
 def pose_to_ur(pose: np.ndarray) -> np.ndarray:
     """(>= 9,) position + 6D rotation -> UR TCP pose (6,) (rotation re-orthonormalized)."""
     pose = np.asarray(pose, dtype=np.float64)
-    return np.concatenate([pose[:3], matrix_to_axis_angle(rot6d_to_matrix(pose[3:9]))])
+    return np.concatenate([pose[LAYOUT.position], matrix_to_axis_angle(rot6d_to_matrix(pose[LAYOUT.rotation]))])
 
 
 def interpolate_ur(start: np.ndarray, end: np.ndarray, s: float) -> np.ndarray:
     """UR pose (6,) a fraction s (clipped to [0, 1]) of the way from start to end: linear in position,
     along the shortest rotation in orientation."""
     s = float(np.clip(s, 0.0, 1.0))
-    r0, r1 = axis_angle_to_matrix(start[3:6]), axis_angle_to_matrix(end[3:6])
+    r0, r1 = axis_angle_to_matrix(start[UR_ROTVEC]), axis_angle_to_matrix(end[UR_ROTVEC])
     rot = r0 @ axis_angle_to_matrix(s * matrix_to_axis_angle(r0.T @ r1))
-    return np.concatenate([start[:3] + s * (end[:3] - start[:3]), matrix_to_axis_angle(rot)])
+    return np.concatenate([start[UR_POSITION] + s * (end[UR_POSITION] - start[UR_POSITION]), matrix_to_axis_angle(rot)])
 
 
 class URRobot(Robot):
@@ -229,7 +233,7 @@ class URRobot(Robot):
             self._segment = (self._commanded(now), goal, now)
         if self._thread is None:
             self._start_servo()
-        width = float(np.clip(target[9], self.config.gripper_min_width_m, self.config.gripper_max_width_m))
+        width = float(np.clip(target[LAYOUT.width], self.config.gripper_min_width_m, self.config.gripper_max_width_m))
         if abs(width - self._last_width) >= self.config.gripper_deadband_m:
             if self.gripper_command is not None:
                 try:
