@@ -5,17 +5,25 @@ Built-in types: ``fake`` (pure-Python fakes), ``franka`` (franky), ``ur`` (ur_rt
 ``factory: "package.module:callable"``; the callable gets the remaining settings and the clock's
 ``now`` and returns the driver (this is how ``sim`` plugs its robot in without ``runtime``
 importing it).
+
+On the wall clock, every camera that does not read in the background itself (``Camera.reads_in_background``)
+is wrapped in ``BackgroundCamera``, so a ``read()`` that blocks never stalls the loop; on a simulated clock
+cameras render synchronously at the simulated time and are left as they are. A camera config may force
+either with ``background: true|false``.
 """
 
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from policy.config_utils import from_dict
+from runtime.clock import WallClock
+from runtime.drivers.background import in_background
 from runtime.drivers.base import Camera, Robot
 
 Now = Callable[[], float]
@@ -62,7 +70,24 @@ def make_robot(spec: Mapping[str, Any], now: Now) -> Robot:
     raise ValueError(f"unknown robot type {kind!r}; built in: fake, franka, ur (or give a factory)")
 
 
+def is_wall_clock(now: Now) -> bool:
+    """Whether ``now`` is the wall clock (``time.monotonic`` or ``WallClock().now``)."""
+    return now is time.monotonic or isinstance(getattr(now, "__self__", None), WallClock)
+
+
 def make_camera(spec: Mapping[str, Any], now: Now) -> Camera:
+    """Build a camera; on the wall clock (or with ``background: true``) one that never blocks in ``read()``."""
+    params = dict(spec)
+    background = params.pop("background", None)
+    if background is not None and not isinstance(background, bool):
+        raise ValueError(f"camera setting background must be true or false, got {background!r}")
+    camera = _make_camera(params, now)
+    if background if background is not None else is_wall_clock(now):
+        return in_background(camera)
+    return camera
+
+
+def _make_camera(spec: Mapping[str, Any], now: Now) -> Camera:
     kind, factory, params = _split(spec, "camera")
     if factory:
         return _plugin(factory)(params, now)

@@ -27,12 +27,18 @@ def check_target(target: np.ndarray, name: str) -> np.ndarray:
     """(10,) finite float64 copy of an action, else ValueError naming the device."""
     t = np.asarray(target, dtype=np.float64).reshape(-1).copy()
     if t.shape != (LAYOUT.dim,) or not np.all(np.isfinite(t)):
-        raise ValueError(f"{name}: target must be {LAYOUT.dim} finite numbers (pos 3, rot6d 6, gripper 1), got {target!r}")
+        raise ValueError(f"{name}: target must be {LAYOUT.dim} finite numbers (pos 3, rot6d 6, gripper 1), "
+                         f"got {target!r}")
     return t
 
 
-def call_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Run a blocking call (e.g. a TCP connect) in a daemon thread; DriverError if it takes > timeout_s."""
+def call_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str,
+                      hint: str | Callable[[], str] = "wrong address or device not answering?") -> Any:
+    """Run a blocking call (e.g. a TCP connect) in a daemon thread; DriverError if it takes > timeout_s.
+
+    The error reads ``<what>: no answer within <t> s (<hint>)``; ``hint`` may be a function, called only
+    on a timeout, that diagnoses why (e.g. by probing the address).
+    """
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -45,7 +51,7 @@ def call_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> Any
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise DriverError(f"{what}: no answer within {timeout_s:.1f} s (wrong address, or FCI not enabled?)")
+        raise DriverError(f"{what}: no answer within {timeout_s:.1f} s ({hint() if callable(hint) else hint})")
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -108,7 +114,14 @@ class Robot(_Device):
 
 
 class Camera(_Device):
-    """A color camera; ``read()`` returns the newest frame without waiting for a new one."""
+    """A color camera; ``read()`` returns the newest frame without waiting for a new one.
+
+    A driver whose own thread keeps the newest frame sets ``reads_in_background = True``; the factory
+    wraps any other camera in ``runtime.drivers.background.BackgroundCamera`` on the wall clock, so a
+    ``read()`` that blocks can never stall the control loop.
+    """
+
+    reads_in_background: bool = False
 
     @abstractmethod
     def read(self) -> CameraFrame: ...

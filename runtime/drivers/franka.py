@@ -24,6 +24,7 @@ within ``state_timeout_s`` (the robot's state clock stops advancing) or libfrank
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +86,29 @@ def import_franky() -> Any:
     return franky
 
 
+FCI_COMMAND_PORT = 1337  # libfranka's fixed TCP command port (the gripper's is 1338)
+IN_USE = "the arm may be in use by another client (another controller or Desk)"
+
+
+def diagnose_no_answer(ip: str, port: int = FCI_COMMAND_PORT, probe_timeout_s: float = 1.0) -> str:
+    """Why a franky connect got no answer, from a bare TCP connect to the command port (nothing is sent).
+
+    The FCI serves one client at a time: a second client's TCP connection is accepted by the kernel but
+    never answered (franky-sim behaves the same way), so "port open, no answer" points at a busy arm.
+    A refused port points at FCI being off; no TCP answer at all at a wrong address or a network problem.
+    """
+    try:
+        with socket.create_connection((ip, port), timeout=probe_timeout_s):
+            pass
+    except ConnectionRefusedError:
+        return f"port {port} refused: FCI not enabled in Desk, or the wrong address; or {IN_USE}"
+    except OSError as exc:
+        return (f"port {port} does not answer ({type(exc).__name__}): wrong address or network down?; "
+                f"or {IN_USE}")
+    return (f"port {port} accepts connections but the arm sent no answer: {IN_USE}; stop that client "
+            "(or release control in Desk) and retry; otherwise check that FCI is enabled")
+
+
 def pose_matrix(target: np.ndarray) -> np.ndarray:
     """(>= 9,) position (m) + 6D rotation -> (4, 4) homogeneous transform (rotation re-orthonormalized)."""
     m = np.eye(4)
@@ -132,13 +156,14 @@ class FrankaRobot(Robot):
         try:
             self._robot = call_with_timeout(
                 lambda: franky.Robot(cfg.ip, relative_dynamics_factor=cfg.dynamics_factor, realtime_config=realtime),
-                cfg.connect_timeout_s, self.name)
+                cfg.connect_timeout_s, self.name, lambda: diagnose_no_answer(cfg.ip))
             if self._robot.has_errors:
                 log.warning("%s: robot has errors from a previous session, running automatic recovery", self.name)
                 self._robot.recover_from_errors()
             if cfg.gripper:
                 self._gripper = call_with_timeout(lambda: franky.Gripper(cfg.ip), cfg.connect_timeout_s,
-                                                  f"{self.name} gripper")
+                                                  f"{self.name} gripper",
+                                                  lambda: diagnose_no_answer(cfg.ip, FCI_COMMAND_PORT + 1))
                 self._gripper_width = float(self._gripper.width)
         except DriverError:
             self._release()

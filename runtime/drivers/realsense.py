@@ -139,6 +139,8 @@ def fit_image(image: np.ndarray, height: int, width: int, crop: bool = True) -> 
 class RealSenseCamera(Camera):
     """One RealSense color stream; ``read()`` returns the newest RealSenseFrame without waiting."""
 
+    reads_in_background = True  # its own thread keeps the newest frame
+
     def __init__(self, config: RealSenseConfig, now: Callable[[], float] = time.monotonic):
         super().__init__(now)
         self.config = config

@@ -32,6 +32,7 @@ from runtime.drivers.base import DriverError, Robot, RobotState, call_with_timeo
 from runtime.rotation import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
 
 log = logging.getLogger(__name__)
+UR_NO_ANSWER = "wrong address, remote control mode off, or another RTDE client in control?"
 
 UR_POSITION = slice(0, 3)  # a UR TCP pose (6,): x, y, z (m) ...
 UR_ROTVEC = slice(3, 6)  # ... then a rotation vector (rad)
@@ -137,9 +138,9 @@ class URRobot(Robot):
         rtde_control, rtde_receive = import_rtde()
         try:
             self._receive = call_with_timeout(lambda: rtde_receive.RTDEReceiveInterface(self.config.ip),
-                                              self.config.connect_timeout_s, f"{self.name} receive")
+                                              self.config.connect_timeout_s, f"{self.name} receive", UR_NO_ANSWER)
             self._control = call_with_timeout(lambda: rtde_control.RTDEControlInterface(self.config.ip),
-                                              self.config.connect_timeout_s, f"{self.name} control")
+                                              self.config.connect_timeout_s, f"{self.name} control", UR_NO_ANSWER)
         except DriverError:
             self._disconnect()
             raise
