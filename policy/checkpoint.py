@@ -25,6 +25,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from policy.atomic import old_path, swap_in
 from policy.config import Config
 from policy.config_utils import ConfigError, from_dict, to_dict
 from policy.normalizer import Normalizer
@@ -40,10 +41,11 @@ class CheckpointError(ValueError):
 def resolve_checkpoint_dir(path: str | Path) -> Path:
     """Accept a checkpoint folder or a training run folder (then ``checkpoints/latest``)."""
     p = Path(path)
-    # latest.old survives a crash between the two renames of save_checkpoint
-    for cand in (p, p / "checkpoints" / "latest", p / "checkpoints" / "latest.old"):
-        if (cand / "model.safetensors").is_file():
-            return cand
+    # <name>.old stands in for a folder whose swap (policy.atomic.swap_in) was killed between its two renames
+    for cand in (p, p / "checkpoints" / "latest"):
+        for c in (cand, old_path(cand)):
+            if (c / "model.safetensors").is_file():
+                return c
     raise CheckpointError(f"{p} is not a checkpoint folder (no model.safetensors there or in "
                           f"{p / 'checkpoints' / 'latest'})")
 
@@ -87,7 +89,6 @@ def save_checkpoint(path: str | Path, cfg: Config, ema_model: nn.Module, normali
     """Write a checkpoint folder atomically: into ``<path>.tmp``, then swap it in place of ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    old = path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -99,12 +100,7 @@ def save_checkpoint(path: str | Path, cfg: Config, ema_model: nn.Module, normali
     if train_state is not None:
         save_file(_state_to_cpu(train_state["tensors"]), str(tmp / "train_state.safetensors"))
         (tmp / "train_state.json").write_text(json.dumps(train_state["json"], indent=1))
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    return swap_in(tmp, path)
 
 
 def load_config(path: str | Path) -> Config:
@@ -119,12 +115,23 @@ def load_config(path: str | Path) -> Config:
 
 
 def load_spec(path: str | Path):
-    """The ``PolicySpec`` of a checkpoint, from its config alone (no weights are loaded)."""
+    """The ``PolicySpec`` of a checkpoint, from its config and meta.json alone (no weights are loaded)."""
     from policy.model import obs_keys
     from policy.protocol import PolicySpec
 
+    path = resolve_checkpoint_dir(path)
     p = load_config(path).policy
-    return PolicySpec(p.n_obs_steps, p.chunk_len, p.action_dim, obs_keys(p))
+    return PolicySpec(p.n_obs_steps, p.chunk_len, p.action_dim, obs_keys(p),
+                      control_hz=read_control_hz(path), action_space=p.action_space_spec())
+
+
+def read_control_hz(path: Path) -> float | None:
+    """The control rate (Hz) that meta.json records (``control_hz``); None when absent (older checkpoints)."""
+    try:
+        hz = json.loads((path / "meta.json").read_text()).get("control_hz")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path / 'meta.json'} cannot be read ({e})") from e
+    return None if hz is None else float(hz)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
@@ -137,7 +144,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path}: format_version {meta.get('format_version')!r}, "
                               f"this code reads {FORMAT_VERSION}")
-    model = DiffusionPolicyModel(cfg.policy)
+    model = DiffusionPolicyModel(cfg.policy, load_pretrained=False)  # the weights come from model.safetensors
     load_state_checked(model, _read_tensors(path / "model.safetensors"), str(path / "model.safetensors"))
     normalizer = Normalizer.load(path / "normalizer.json")
     needed = [*cfg.policy.lowdim_dims, "action"]

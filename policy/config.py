@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policy import keys
+from policy.action_space import ACTION_SPACES, ActionSpace, absolute_pad_layout
 from policy.config_utils import need
 from policy.data.interop import KeyMap
 
@@ -19,6 +20,7 @@ SAMPLERS = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",)}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOGGERS = ("tensorboard", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
+DEFAULT_STEPS = 3000  # train.steps when neither it nor train.max_minutes is set
 
 
 @dataclass
@@ -102,6 +104,9 @@ class PolicyConfig:
     n_obs_steps: int = 1  # To: observation frames (and sent actions) the policy is conditioned on
     chunk_len: int = 16  # Tp: actions per predicted chunk; chunk[i] is for t_obs + i * dt
     use_action_history: bool = True
+    action_space: str = "absolute"  # absolute (target pose + gripper) | delta (deltas, velocities): the
+    # action-history pad before the first action (policy.action_space): measured ee_pose + gripper | hold_action
+    hold_action: tuple[float, ...] | None = None  # delta only: the action that holds still (A,); null: zeros
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -121,10 +126,27 @@ class PolicyConfig:
             need(d >= 1, f"policy.lowdim_dims.{k} must be >= 1, got {d}")
         need(self.action_dim >= 1, f"policy.action_dim must be >= 1, got {self.action_dim}")
         need(self.n_obs_steps >= 1, f"policy.n_obs_steps must be >= 1, got {self.n_obs_steps}")
+        need(self.action_space in ACTION_SPACES,
+             f"policy.action_space must be one of {ACTION_SPACES}, got {self.action_space!r}")
+        need(self.hold_action is None or (self.action_space == "delta" and len(self.hold_action) == self.action_dim),
+             f"policy.hold_action is for action_space delta only, with policy.action_dim ({self.action_dim}) "
+             f"numbers; got {self.hold_action} for action_space {self.action_space}")
+        need(not (self.use_action_history and self.action_space == "absolute")
+             or absolute_pad_layout(self.lowdim_dims, self.action_dim, keys.EE_POSE, keys.GRIPPER) is not None,
+             f"policy.action_space absolute pads the action history with the measured pose: policy.lowdim_dims "
+             f"needs {keys.EE_POSE} (+ {keys.GRIPPER}) of policy.action_dim ({self.action_dim}) numbers together, "
+             f"got {dict(self.lowdim_dims)}; for delta or velocity actions set policy.action_space=delta "
+             f"(policy.hold_action: the action that holds still, zeros by default), or "
+             f"policy.use_action_history=false")
         levels = len(self.unet.down_dims) - 1
         need(self.chunk_len >= 2 ** levels and self.chunk_len % (2 ** levels) == 0,
               f"policy.chunk_len must be divisible by 2**(len(unet.down_dims)-1) = {2 ** levels}, "
               f"got {self.chunk_len}")
+
+    def action_space_spec(self) -> ActionSpace:
+        """The action space (its history pad) that training and the runtime share."""
+        layout = absolute_pad_layout(self.lowdim_dims, self.action_dim, keys.EE_POSE, keys.GRIPPER)
+        return ActionSpace(self.action_space, self.action_dim, tuple(self.hold_action or ()), layout is not False)
 
     def dataset_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Per-frame shape and dtype that a training dataset must have for each key."""
@@ -143,7 +165,7 @@ class TrainConfig:
     dataset: str = ""  # path to the zarr replay buffer
     out_dir: str = "runs/default"
     seed: int = 0
-    steps: int = 3000
+    steps: int | None = None  # None: until max_minutes when a budget is set, else DEFAULT_STEPS (max_steps)
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-6
@@ -163,7 +185,7 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     progress: bool = True  # tqdm progress bar
     max_minutes: float = 0.0  # stop after this much training time (validation, checkpoints, evaluation
-    # excluded; counted across resumes), the cosine LR decays over it; 0: only train.steps ends the run
+    # excluded; counted across resumes), the cosine LR decays over it; 0: only the step count ends the run
     budget_clock: str = "wall"  # what max_minutes counts: wall (seconds of training steps) | cpu (process CPU
     # time of training steps, all threads: CPU-minutes, which other processes on the machine do not eat into)
     eval_every: int = 0  # steps between task evaluations (0: none); the best checkpoint is kept as checkpoints/best
@@ -178,7 +200,7 @@ class TrainConfig:
     wandb_mode: str = "offline"  # offline (<out_dir>/wandb, upload later with `wandb sync`) | online | disabled
 
     def __post_init__(self) -> None:
-        need(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
+        need(self.steps is None or self.steps >= 1, f"train.steps must be >= 1 (or null), got {self.steps}")
         need(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         need(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         need(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -201,6 +223,23 @@ class TrainConfig:
         need(not unknown and len(set(self.loggers)) == len(self.loggers),
               f"train.loggers must be distinct names out of {LOGGERS}, got {list(self.loggers)}")
         need(self.wandb_mode in WANDB_MODES, f"train.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
+
+    @property
+    def max_steps(self) -> int | None:
+        """The step count that ends the run: ``steps``; unset, None on a time budget (only ``max_minutes``
+        ends it) and ``DEFAULT_STEPS`` without one."""
+        if self.steps is not None:
+            return self.steps
+        return None if self.max_minutes > 0 else DEFAULT_STEPS
+
+    def end_rule(self) -> str:
+        """Which limit ends the run, in words (logged at the start)."""
+        budget = f"{self.max_minutes:g} min of training time ({self.budget_clock} clock)"
+        if self.max_steps is None:
+            return f"after {budget} (train.steps unset)"
+        if self.max_minutes > 0:
+            return f"at step {self.max_steps} or after {budget}, whichever comes first"
+        return f"at step {self.max_steps}" + ("" if self.steps is not None else " (the default; no train.max_minutes)")
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Training logs: JSON lines always, TensorBoard and Weights & Biases when ``train.loggers`` names them.
 
 ``RunLogger(out_dir, cfg)`` appends every record to ``<out_dir>/log.jsonl`` and fans the numeric
-values out as scalars (tag = the record key, e.g. ``loss``, ``val_loss``, ``eval_success_rate``):
+values out as scalars (tag = the record key, e.g. ``loss``, ``val_loss``, ``eval_success_rate``). A run
+resumed at step S first drops the lines of steps > S that a killed run wrote after its last checkpoint, so
+the log continues from the checkpoint's step with no step twice (as TensorBoard's ``purge_step`` does):
 
 - ``tensorboard``: ``torch.utils.tensorboard.SummaryWriter`` into ``<out_dir>/tensorboard``; a resumed
   run appends to it and hides the events that a crashed run wrote after its checkpoint (``purge_step``).
@@ -80,6 +82,32 @@ def encode_gif(frames: np.ndarray, fps: float, max_frames: int = GIF_MAX_FRAMES)
     return buf.getvalue()
 
 
+def truncate_jsonl(path: Path, start_step: int) -> int:
+    """Drop the records of steps > ``start_step`` (and a torn last line) from a JSON-lines log, atomically.
+
+    -> the number of lines dropped. Nothing happens when the file is absent or nothing needs dropping.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step", 0)
+        except (ValueError, AttributeError):  # a line torn by the kill
+            step = math.inf
+        if isinstance(step, (int, float)) and step <= start_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        tmp.replace(path)
+        log.info("%s: dropped %d records after step %d (written after the checkpoint the run resumes from)",
+                 path, dropped, start_step)
+    return dropped
+
+
 class RunLogger:
     """JSON lines in ``<out_dir>/log.jsonl`` plus the backends of ``cfg.train.loggers``.
 
@@ -90,6 +118,7 @@ class RunLogger:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         t = cfg.train
+        truncate_jsonl(self.out / "log.jsonl", start_step)
         self.jsonl = (self.out / "log.jsonl").open("a")
         self.tb = None
         self.wandb_run = None

@@ -19,10 +19,12 @@ from policy.unet import ConditionalUnet1D
 class DiffusionPolicyModel(nn.Module):
     """Holds the trainable parts; works in normalized units."""
 
-    def __init__(self, cfg: PolicyConfig):
+    def __init__(self, cfg: PolicyConfig, load_pretrained: bool = True):
+        """``load_pretrained``: initialise the image encoders from ``encoder.pretrained_path`` (a new model);
+        False when the weights come from a checkpoint (the file is then never read)."""
         super().__init__()
         self.cfg = cfg
-        self.encoder = ObsEncoder(cfg)
+        self.encoder = ObsEncoder(cfg, load_pretrained)
         u = cfg.unet
         self.net = ConditionalUnet1D(cfg.action_dim, self.encoder.out_dim, u.down_dims, u.kernel_size,
                                      u.n_groups, u.step_embed_dim)
@@ -30,7 +32,8 @@ class DiffusionPolicyModel(nn.Module):
 
     def loss(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor,
              generator: torch.Generator | None = None, dim_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalized obs window and actions (B, Tp, A) -> scalar training loss (random crops).
+        """Normalized obs window and actions (B, Tp, A) -> scalar training loss (random crops in training mode,
+        repeatable with ``generator``; centre crops in eval mode).
 
         ``dim_weight`` (A,) is 0 for action dimensions the loss ignores (constant in the data).
         """
@@ -40,7 +43,7 @@ class DiffusionPolicyModel(nn.Module):
     @torch.no_grad()
     def sample(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
                steps: int | None = None, sampler: str | None = None) -> torch.Tensor:
-        """Normalized obs window -> normalized action chunks (B, Tp, A) (centre crops)."""
+        """Normalized obs window -> normalized action chunks (B, Tp, A) (centre crops in eval mode)."""
         o = self.cfg.objective
         cond = self.net.prepare_condition(self.encoder(obs, None))  # (B, FiLM), once for all steps
         shape = (self.cfg.chunk_len, self.cfg.action_dim)

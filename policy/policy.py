@@ -31,8 +31,11 @@ class Policy:
 
     def __init__(self, model: DiffusionPolicyModel, normalizer: Normalizer, cfg: PolicyConfig,
                  device: torch.device | str = "cpu", num_inference_steps: int | None = None,
-                 sampler: str | None = None):
+                 sampler: str | None = None, control_hz: float | None = None):
+        """``control_hz``: the control rate of the training demos (Hz, meta.json), None when unknown."""
         self.cfg = cfg
+        self.control_hz = control_hz
+        self.action_space = cfg.action_space_spec()  # .pad(ee_pose, gripper): the action history's first entries
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.normalizer = normalizer
@@ -56,8 +59,10 @@ class Policy:
                         num_inference_steps: int | None = None, sampler: str | None = None) -> Policy:
         """Load a checkpoint folder (or a run folder's latest checkpoint); never unpickles."""
         dev = resolve_device(device)
-        cfg, model, normalizer, _ = load_checkpoint(path, dev)
-        return cls(model, normalizer, cfg.policy, dev, num_inference_steps, sampler)
+        cfg, model, normalizer, meta = load_checkpoint(path, dev)
+        hz = meta.get("control_hz")
+        return cls(model, normalizer, cfg.policy, dev, num_inference_steps, sampler,
+                   None if hz is None else float(hz))
 
     def _check_window(self, obs: Mapping[str, np.ndarray], batched: bool) -> None:
         lead = 2 if batched else 1

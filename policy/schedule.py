@@ -12,12 +12,13 @@ from policy.config import Config
 
 
 def lr_at(step: int, cfg: Config, train_seconds: float = 0.0) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``steps`` or, with a time budget
-    (``max_minutes``), at whichever of the two ends first (``train_seconds``: training time so far)."""
+    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``max_steps`` or, with a time budget
+    (``max_minutes``), at whichever of the two ends first (``train_seconds``: training time so far); on a
+    budget alone (``steps`` unset) over the budget."""
     t = cfg.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    progress = 0.0 if t.max_steps is None else (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
     if t.max_minutes > 0:
         progress = max(progress, train_seconds / (t.max_minutes * 60))
     return t.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

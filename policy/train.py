@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import importlib
 import json
 import logging
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 
 from policy import distributed, keys
+from policy.atomic import existing, recover, swap_in
 from policy.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -51,7 +51,7 @@ from policy.checkpoint import (
     save_checkpoint,
 )
 from policy.config import Config
-from policy.data import ReplayBuffer, WindowSampler, open_dataset, split_episodes
+from policy.data import WindowSampler, open_dataset, split_episodes
 from policy.distributed import DistInfo
 from policy.logger import RunLogger
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
@@ -59,16 +59,18 @@ from policy.normalizer import Normalizer
 from policy.objectives import masked_mse
 from policy.policy import resolve_device
 from policy.schedule import batch_ids, ema_update, lr_at, shard_seed
+from policy.train_state import (
+    VAL_LOSS_SEED_OFFSET,
+    VAL_ORDER_STREAM,
+    VAL_SAMPLE_SEED_OFFSET,
+    dataset_control_hz,
+    dataset_fingerprint,
+    legacy_optimizer_state,
+    optimizer_state,
+    restore_optimizer,
+)
 
 log = logging.getLogger("policy.train")
-
-
-def dataset_fingerprint(rb: ReplayBuffer, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    h = hashlib.sha256(np.asarray(rb.episode_ends, np.int64).tobytes())
-    h.update(np.ascontiguousarray(arrays[keys.ACTION]).tobytes())
-    return {"path": str(rb.path.resolve()), "n_episodes": rb.n_episodes, "n_steps": rb.n_steps,
-            "episode_ends_actions_sha256": h.hexdigest(),
-            "shapes": {k: list(v.shape[1:]) for k, v in arrays.items()}}
 
 
 class Trainer:
@@ -87,7 +89,8 @@ class Trainer:
                              f"({self.dist.world_size}) times train.grad_accum ({t.grad_accum})")
         self.out = Path(t.out_dir)
         self.ckpt_dir = self.out / "checkpoints" / "latest"
-        has_ckpt = self.ckpt_dir.exists() or self.ckpt_dir.with_name("latest.old").exists()
+        self.best_dir = self.ckpt_dir.with_name("best")
+        has_ckpt = existing(self.ckpt_dir) is not None
         if has_ckpt and not t.resume:
             raise FileExistsError(f"{self.out} already holds a training run; pass train.resume=true to continue "
                                   f"it or choose another train.out_dir (nothing was overwritten)")
@@ -95,6 +98,10 @@ class Trainer:
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         torch.manual_seed(t.seed)
+        # a run killed between the two renames of a swap left best.old without best: put it back (readers of
+        # latest take latest.old as it is until the next save replaces it)
+        if t.resume and self.dist.is_main and recover(self.best_dir):
+            log.info("recovered %s from best.old (the run was killed while saving it)", self.best_dir)
 
         rb = open_dataset(t.dataset, t.dataset_map)  # ours, a zarr v2 group or .zarr.zip; keys through the map
         rb.validate(p.dataset_spec())
@@ -104,7 +111,8 @@ class Trainer:
         self.arrays = rb.load([*self.obs_keys, keys.ACTION])
         train_ids, val_ids = split_episodes(rb.n_episodes, t.val_fraction, t.seed)
         hist = p.n_obs_steps if p.use_action_history else 0
-        mk = lambda ids: WindowSampler(rb.episode_ends, ids, p.n_obs_steps, p.chunk_len, hist)  # noqa: E731
+        space = p.action_space_spec()  # the history pad at episode starts, shared with the runtime
+        mk = lambda ids: WindowSampler(rb.episode_ends, ids, p.n_obs_steps, p.chunk_len, hist, space)  # noqa: E731
         self.train_sampler = mk(train_ids)
         self.val_sampler = mk(val_ids) if len(val_ids) else None
         steps = self.train_sampler.step_indices()
@@ -112,16 +120,16 @@ class Trainer:
         self.meta = {"dataset": dataset_fingerprint(rb, self.arrays),
                      "train_episodes": train_ids.tolist(), "val_episodes": val_ids.tolist(),
                      "obs_keys": list(obs_keys(p)), "n_obs_steps": p.n_obs_steps, "chunk_len": p.chunk_len,
-                     "action_dim": p.action_dim}
+                     "action_dim": p.action_dim, "control_hz": dataset_control_hz(rb)}
 
-        self.model = DiffusionPolicyModel(p).to(self.device)
+        # a resumed run takes its weights from the checkpoint: the ImageNet file is for a new run only
+        self.model = DiffusionPolicyModel(p, load_pretrained=not (t.resume and has_ckpt)).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         # fused: one kernel for all parameters (on CPU 2 ms a step instead of 15 ms for the per-tensor loop)
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
                                        fused=self.device.type in ("cpu", "cuda") or None)
         self.step = 0
         self.train_seconds = 0.0  # time spent in training steps (max_minutes), kept across resumes
-        self.best_dir = self.ckpt_dir.with_name("best")
         self.best: dict[str, Any] | None = None
         self.eval_fn = load_hook(t.eval_hook) if t.eval_every > 0 else None
         if t.resume and has_ckpt:
@@ -151,35 +159,26 @@ class Trainer:
         load_state_checked(self.ema, ema.state_dict(), "checkpoint EMA weights")
         load_state_checked(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                            "train_state.safetensors")
-        for i, p in enumerate(self.model.parameters()):
-            if f"optim.{i}.exp_avg" not in tensors or f"optim.{i}.exp_avg_sq" not in tensors:
-                raise CheckpointError(f"cannot resume {self.out}: train_state.safetensors lacks the AdamW moments "
-                                      f"of parameter {i}")
-            st = self.optim.state[p]
-            # the fused kernel keeps its step counters as float32 on the parameters' device
-            st["step"] = torch.tensor(float(state["optim_step"]), dtype=torch.float32,
-                                      device=self.device if self.optim.defaults["fused"] else "cpu")
-            st["exp_avg"] = tensors[f"optim.{i}.exp_avg"].to(self.device)
-            st["exp_avg_sq"] = tensors[f"optim.{i}.exp_avg_sq"].to(self.device)
+        try:  # the optimizer's own state_dict, as it was saved (checkpoints of the first format: rebuilt)
+            saved = state["optimizer"] if "optimizer" in state else legacy_optimizer_state(
+                self.optim, tensors, int(state["optim_step"]))
+            restore_optimizer(self.optim, tensors, saved)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"cannot resume {self.out}: the optimizer state does not fit ({e})") from e
         self.normalizer = normalizer
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        if (self.best_dir / "eval.json").is_file():
-            self.best = json.loads((self.best_dir / "eval.json").read_text())
+        best = existing(self.best_dir)  # best.old on ranks > 0 when rank 0 has not put it back yet
+        if best is not None and (best / "eval.json").is_file():
+            self.best = json.loads((best / "eval.json").read_text())
         if self.dist.is_main:
             log.info("resumed %s at step %d", self.out, self.step)
 
     def _train_state(self) -> dict[str, Any]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        optim_step = 0
-        for i, p in enumerate(self.model.parameters()):
-            st = self.optim.state.get(p)
-            if st:
-                tensors[f"optim.{i}.exp_avg"] = st["exp_avg"]
-                tensors[f"optim.{i}.exp_avg_sq"] = st["exp_avg_sq"]
-                optim_step = int(st["step"])
-        return {"tensors": tensors, "json": {"step": self.step, "optim_step": optim_step,
-                                             "train_seconds": self.train_seconds}}
+        optim_tensors, optim_json = optimizer_state(self.optim)
+        return {"tensors": {**tensors, **optim_tensors},
+                "json": {"step": self.step, "train_seconds": self.train_seconds, "optimizer": optim_json}}
 
     def save(self) -> Path:
         meta = {**self.meta, "step": self.step}
@@ -225,19 +224,19 @@ class Trainer:
         """EMA model: denoising loss on held-out windows, and MSE of sampled chunks against the demo."""
         t = self.cfg.train
         sampler, split = (self.val_sampler, "val") if self.val_sampler is not None else (self.train_sampler, "train")
-        order = np.random.default_rng([t.seed, 7]).permutation(len(sampler))
+        order = np.random.default_rng([t.seed, VAL_ORDER_STREAM]).permutation(len(sampler))
         losses = []
         for i in range(t.val_batches):
             ids = order[i * t.batch_size:(i + 1) * t.batch_size]
             if len(ids) == 0:
                 break
             batch = self._batch(sampler, ids)
-            gen = torch.Generator(device=self.device).manual_seed(t.seed + 12345 + i)
+            gen = torch.Generator(device=self.device).manual_seed(t.seed + VAL_LOSS_SEED_OFFSET + i)
             with self._autocast():
                 losses.append(float(self.ema.loss(batch, batch[keys.ACTION], gen, self.dim_weight)))
         ids = order[:t.batch_size]
         batch = self._batch(sampler, ids)
-        gen = torch.Generator(device=self.device).manual_seed(t.seed + 54321)
+        gen = torch.Generator(device=self.device).manual_seed(t.seed + VAL_SAMPLE_SEED_OFFSET)
         with self._autocast():
             pred = self.ema.sample(batch, gen).float()  # (B, Tp, A) normalized
         target = batch[keys.ACTION]
@@ -267,12 +266,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(self.ckpt_dir, tmp)
             (tmp / "eval.json").write_text(json.dumps(res, indent=1))
-            old = self.best_dir.with_name("best.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if self.best_dir.exists():
-                self.best_dir.rename(old)
-            tmp.rename(self.best_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(tmp, self.best_dir)
             self.best = res
             log.info("step %d: new best checkpoint (success rate %.3f)", self.step, key[0])
         return {f"eval_{k}": v for k, v in res.items() if isinstance(v, (int, float)) and k != "step"}
@@ -286,14 +280,17 @@ class Trainer:
 
         t = self.cfg.train
         budget = t.max_minutes * 60
-        # on a time budget the step count is only a cap: show steps and minutes left, not a step ETA
+        max_steps = t.max_steps  # None: only the time budget ends the run
         main = self.dist.is_main
-        bar = tqdm(total=None if budget > 0 else t.steps, initial=self.step, disable=not (t.progress and main),
+        if main:
+            log.info("the run ends %s", t.end_rule())
+        # on a time budget the step count is only a cap: show steps and minutes left, not a step ETA
+        bar = tqdm(total=None if budget > 0 else max_steps, initial=self.step, disable=not (t.progress and main),
                    dynamic_ncols=True, desc="train", unit="step")
         window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
         clock = time.process_time if t.budget_clock == "cpu" else time.perf_counter
         try:
-            while self.step < t.steps:
+            while max_steps is None or self.step < max_steps:
                 step_t = clock()
                 loss_t = self.train_step()
                 self.train_seconds += clock() - step_t
@@ -308,7 +305,7 @@ class Trainer:
                 loss_sum += loss
                 bar.update(1)
                 pause_t = time.perf_counter()
-                last = self.step == t.steps or out_of_time
+                last = self.step == max_steps or out_of_time
                 want_val = self.step % t.val_every == 0 or last
                 want_eval = self.eval_fn is not None and (self.step % t.eval_every == 0 or last)
                 want_save = self.step % t.ckpt_every == 0 or last or want_eval
@@ -325,7 +322,7 @@ class Trainer:
                 if want_val or want_save or want_eval:
                     distributed.barrier(self.dist)  # the other ranks wait for rank 0
                 paused += time.perf_counter() - pause_t  # validation and checkpoints do not count as training
-                if self.step % t.log_every == 0 or self.step == t.steps:
+                if self.step % t.log_every == 0 or last:
                     dt = time.perf_counter() - window_t - paused
                     rec = {"loss": loss_sum / window_n, "lr": lr_at(self.step - 1, self.cfg, self.train_seconds),
                            "samples_per_s": window_n * t.batch_size / max(dt, 1e-9)}
@@ -359,7 +356,7 @@ def load_hook(spec: str) -> Callable[..., Any]:
 
 
 def train(cfg: Config) -> Path:
-    """Run training to ``cfg.train.steps``; returns the latest checkpoint folder.
+    """Run training to ``cfg.train.max_steps`` or its time budget; returns the latest checkpoint folder.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; they join one process group first.
     """

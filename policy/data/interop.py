@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from policy import keys
+from policy.atomic import remove, swap_in
 from policy.data.replay_buffer import DatasetError
 
 _TARGET = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -160,20 +160,14 @@ def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     for stale in out.parent.glob(f"{glob_escape(out.name)}.tmp-*"):
         pid = stale.name.rsplit("-", 1)[1]
         if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
-            _remove(stale)
+            remove(stale)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        _remove(old)
-    else:
-        tmp.rename(out)
+    swap_in(tmp, out)
 
 
 def _alive(pid: int) -> bool:
@@ -186,8 +180,3 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

@@ -5,7 +5,9 @@ For a sample at global time ``t`` in episode ``[s, e)`` (all index arrays are gl
 - ``obs``     (B, To): times ``t-To+1 .. t``, clipped to ``>= s`` (first frame repeated at the start);
 - ``action``  (B, Tp): times ``t .. t+Tp-1``, clipped to ``<= e-1`` (last action repeated at the end);
 - ``history`` (B, Th): times ``t-Th .. t-1``, clipped to ``>= s``: the actions sent before the newest
-  observation (at the episode start the first action is repeated).
+  observation. ``gather`` replaces the entries before the episode start (times ``< s``, no action sent yet)
+  by the action space's pad (``policy.action_space``): for absolute actions the episode's first measured
+  ``ee_pose`` (+ ``gripper``), for delta actions the hold action, exactly as the runtime pads.
 
 Windows never cross episode boundaries. Everything is vectorized over the batch.
 """
@@ -16,7 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from policy.keys import ACTION, ACTION_HISTORY
+from policy.action_space import ActionSpace
+from policy.keys import ACTION, ACTION_HISTORY, EE_POSE, GRIPPER
 
 
 def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +51,7 @@ class WindowSampler:
         n_obs_steps: int,
         chunk_len: int,
         history_len: int | None = None,
+        action_space: ActionSpace | None = None,
     ) -> None:
         """Args:
         episode_ends: (E,) cumulative exclusive episode ends (``ReplayBuffer.episode_ends``).
@@ -55,6 +59,7 @@ class WindowSampler:
         n_obs_steps: To, observation frames per sample (>= 1).
         chunk_len: Tp, actions per predicted chunk (>= 1).
         history_len: Th, past actions per sample (>= 0); defaults to ``n_obs_steps``.
+        action_space: pads the history before the episode start; None: absolute, of the arrays' action dim.
         """
         ends = np.asarray(episode_ends)
         if ends.ndim != 1 or (ends.size and ends.dtype.kind not in "iu"):
@@ -80,6 +85,7 @@ class WindowSampler:
         self.chunk_len = int(chunk_len)  # Tp
         self.history_len = int(history_len)  # Th
         self.episode_ids = ids
+        self.action_space = action_space
 
         starts = np.concatenate([[0], ends[:-1]])[ids]  # (n_sel,)
         stops = ends[ids]
@@ -120,7 +126,8 @@ class WindowSampler:
         """Index in-memory time-major arrays (e.g. ``ReplayBuffer.load()``) for a batch.
 
         Returns {k: (B, To, ...) for k in obs_keys, "action": (B, Tp, A), "action_history": (B, Th, A)};
-        "action_history" is omitted when ``history_len == 0``.
+        "action_history" is omitted when ``history_len == 0``. Its entries before the episode start are the
+        action space's pad, from ``arrays["ee_pose"]`` (and ``"gripper"``) at the episode start (absolute).
         """
         for k in (*obs_keys, ACTION):
             if k not in arrays:
@@ -133,5 +140,31 @@ class WindowSampler:
         action = np.asarray(arrays[ACTION])
         out[ACTION] = action[idx["action"]]  # (B, Tp, A)
         if self.history_len > 0:
-            out[ACTION_HISTORY] = action[idx["history"]]  # (B, Th, A)
+            out[ACTION_HISTORY] = self._history(arrays, action, idx["history"], sample_ids)  # (B, Th, A)
         return out
+
+    def _history(self, arrays: Mapping[str, np.ndarray], action: np.ndarray, hist_idx: np.ndarray,
+                 sample_ids: np.ndarray) -> np.ndarray:
+        """(B, Th, A) sent actions; entries before the episode start replaced by the action space's pad."""
+        ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)  # (B,)
+        t, s = self._t[ids, None], self._start[ids, None]  # (B, 1)
+        before = t + np.arange(-self.history_len, 0) < s  # (B, Th): no action had been sent yet
+        hist = action[hist_idx]  # (B, Th, A)
+        if not before.any():
+            return hist
+        space = self.action_space or ActionSpace("absolute", action.shape[-1],
+                                                 with_gripper=GRIPPER in arrays)
+        first = s[:, 0]  # (B,) global index of each episode's first frame
+        if space.kind == "absolute":
+            for k in (EE_POSE, GRIPPER) if space.with_gripper else (EE_POSE,):
+                if k not in arrays:
+                    raise ValueError(f"gather: action_space absolute pads the action history with the measured "
+                                     f"'{k}', which is not in arrays (found {sorted(arrays)}); set "
+                                     f"policy.action_space=delta for delta actions")
+            grip = np.asarray(arrays[GRIPPER])[first] if space.with_gripper else None
+            pad = space.pad(np.asarray(arrays[EE_POSE])[first], grip)  # (B, A)
+        else:
+            pad = np.broadcast_to(space.pad(), (len(ids), action.shape[-1]))  # (B, A)
+        hist = hist.copy()
+        hist[before] = np.broadcast_to(pad[:, None], hist.shape)[before]
+        return hist

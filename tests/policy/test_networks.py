@@ -39,11 +39,11 @@ def test_spatial_softmax_finds_a_bright_spot():
 
 def test_random_crop_varies_and_centre_crop_is_fixed():
     imgs = torch.arange(4 * 10 * 10 * 3, dtype=torch.int32).reshape(4, 10, 10, 3).to(torch.uint8)
-    centre = crop_images(imgs, (6, 6), None)
+    centre = crop_images(imgs, (6, 6), random=False, generator=torch.Generator().manual_seed(0))
     assert torch.equal(centre, imgs[:, 2:8, 2:8])
-    a = crop_images(imgs, (6, 6), torch.Generator().manual_seed(0))
-    b = crop_images(imgs, (6, 6), torch.Generator().manual_seed(0))
-    c = crop_images(imgs, (6, 6), torch.Generator().manual_seed(1))
+    a = crop_images(imgs, (6, 6), True, torch.Generator().manual_seed(0))
+    b = crop_images(imgs, (6, 6), True, torch.Generator().manual_seed(0))
+    c = crop_images(imgs, (6, 6), True, torch.Generator().manual_seed(1))
     assert a.shape == (4, 6, 6, 3) and torch.equal(a, b) and not torch.equal(a, c)
     # every random crop is a contiguous window of its own image
     for i in range(4):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from policy.data.sampler import WindowSampler, split_episodes
-from policy.keys import ACTION, ACTION_HISTORY, EE_POSE, SCENE_RGB
+from policy.keys import ACTION, ACTION_HISTORY, EE_POSE, GRIPPER, SCENE_RGB
 
 ENDS = np.array([3, 8])  # episodes [0, 3) and [3, 8)
 
@@ -102,6 +102,7 @@ def test_gather_shapes_and_values() -> None:
     arrays = {
         SCENE_RGB: np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 5, 3), np.uint8),
         EE_POSE: np.arange(n * 9, dtype=np.float32).reshape(n, 9),
+        GRIPPER: -np.arange(n, dtype=np.float32)[:, None],
         ACTION: 100 + np.arange(n * 10, dtype=np.float32).reshape(n, 10),
     }
     sampler = WindowSampler(ENDS, [0, 1], n_obs_steps=2, chunk_len=4, history_len=3)
@@ -116,7 +117,14 @@ def test_gather_shapes_and_values() -> None:
     np.testing.assert_array_equal(batch[SCENE_RGB][:, :, 0, 0, 0], idx["obs"])
     np.testing.assert_array_equal(batch[EE_POSE], arrays[EE_POSE][idx["obs"]])
     np.testing.assert_array_equal(batch[ACTION][:, :, 0], 100 + 10 * idx["action"])
-    np.testing.assert_array_equal(batch[ACTION_HISTORY][:, :, 0], 100 + 10 * idx["history"])
+    t = sampler.step_indices()[ids]
+    before = t[:, None] + np.arange(-3, 0) < np.array([0, 3, 3, 0])[:, None]  # (B, Th): before the episode start
+    np.testing.assert_array_equal(np.where(before, -1, batch[ACTION_HISTORY][:, :, 0]),
+                                  np.where(before, -1, 100 + 10 * idx["history"]))
+    first = np.array([0, 3, 3, 0])  # the first frame of each sample's episode: its measured pose + gripper pad
+    pads = np.concatenate([arrays[EE_POSE][first], arrays[GRIPPER][first]], axis=1)  # (B, 10)
+    np.testing.assert_array_equal(batch[ACTION_HISTORY][before], np.broadcast_to(pads[:, None], (4, 3, 10))[before])
+    assert before.sum() == 3 + 3 + 0 + 1  # samples at t=0, 3 (episode starts), 7, 2
     np.testing.assert_array_equal(batch[ACTION][2, :, 0], 100 + 10 * np.array([7, 7, 7, 7]))  # end padding
 
     no_hist = WindowSampler(ENDS, [0], n_obs_steps=1, chunk_len=2, history_len=0)
