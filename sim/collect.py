@@ -125,7 +125,7 @@ def rollout_episode(env: Any, seed: int, demo: Any = None) -> tuple[int, bool, d
     if isinstance(env, GymAdapter):
         res, hz = rollout_gym(env, seed, demo), env.cfg.control_hz
     else:
-        from sim.demo import rollout
+        from sim.rollout import rollout
 
         res, hz = rollout(env, seed, demo), env.unwrapped.cfg.control_hz
     obs = res["obs"]

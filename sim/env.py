@@ -28,9 +28,9 @@ import mujoco  # after ``sim/__init__`` has picked the headless GL backend
 import numpy as np
 from gymnasium import spaces
 
-from policy.keys import ACTION_LAYOUT as LAYOUT
 from policy import keys
 from policy.config_utils import need
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from runtime.rotation import (
     axis_angle_to_matrix,
     mat3_to_rot6d,
@@ -222,7 +222,8 @@ class TableTopEnv(gym.Env):
             mat = np.zeros(9)
             mujoco.mju_quat2Mat(mat, self.data.mocap_quat[0])
             r6 = matrix_to_rot6d(mat.reshape(3, 3))
-        return np.concatenate([np.clip(a[LAYOUT.position], self._lo, self._hi), r6, [np.clip(a[LAYOUT.width], 0.0, scene.MAX_WIDTH)]])
+        width = np.clip(a[LAYOUT.width], 0.0, scene.MAX_WIDTH)
+        return np.concatenate([np.clip(a[LAYOUT.position], self._lo, self._hi), r6, [width]])
 
     def _move(self, target: np.ndarray) -> None:
         """Drive the mocap toward ``target`` (speed-limited, in increments) over one control period."""

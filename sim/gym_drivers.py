@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from policy import keys
+from policy.config_utils import need
 from runtime.drivers.base import CameraFrame, DriverError, Robot, RobotState
 from runtime.safety import SafetyConfig, SafetyLayer, SafetyResult
 from sim.drivers import FrameCamera
-from policy.config_utils import need
 from sim.gym_adapter import GymAdapter, GymConfig
 
 log = logging.getLogger("sim.gym_drivers")

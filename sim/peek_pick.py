@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from sim import scene
-from sim.demo import DemoConfig, PickPlaceDemonstrator
 from policy.config_utils import need
+from sim import scene
+from sim.demo import Cue, DemoConfig, Grip, PickPlaceDemonstrator
+from sim.motion import Wait
 from sim.pick_place import PickPlaceConfig, PickPlaceEnv
 
 MARK_HALF_THICKNESS = 0.0005  # m; the mark plate sticks out of its face by this much
@@ -203,10 +204,10 @@ class PeekPickDemonstrator(PickPlaceDemonstrator):
             self._looked = True
             self._plan_look()
         cube, cube_yaw = self.env.cube_pose()  # the marked cube
-        self._plan.append(("width", self._u(c.open_width)))
+        self.plan.append(Grip(self._u(c.open_width)))
         self._move([cube[0], cube[1], self._u(c.approach_height)], self._grasp_yaw(cube_yaw))
         self._pause()
-        self._plan.append(("descend", None))
+        self.plan.append(Cue.DESCEND)
 
     def _plan_look(self) -> None:
         c, rng = self.cfg, self.rng
@@ -220,4 +221,4 @@ class PeekPickDemonstrator(PickPlaceDemonstrator):
             self._move(via, None)
             self._pause(0.15)
         self._move(look, None)
-        self._plan.append(("wait", int(rng.integers(c.inspect_ticks[0], c.inspect_ticks[1] + 1))))
+        self.plan.append(Wait(int(rng.integers(c.inspect_ticks[0], c.inspect_ticks[1] + 1))))

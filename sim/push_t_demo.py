@@ -17,15 +17,28 @@ smooth hand tremor.
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from policy.keys import ACTION_LAYOUT as LAYOUT
-from sim.demo import _wrap, yaw_rot6d
 from policy.config_utils import need
+from policy.keys import ACTION_LAYOUT as LAYOUT
+from sim.motion import (
+    Hand,
+    Move,
+    Tremor,
+    Wait,
+    draw,
+    hand_target,
+    maybe_pause,
+    vary_speed,
+    wait_tick,
+    wrap_angle,
+    yaw_of,
+)
 from sim.push_t import PushTEnv, point_distance, t_outline, transform
 
 PUSHER_HALF = 0.01  # m, half side of the closed finger pads (a 2 x 2 cm square around the TCP)
@@ -155,9 +168,39 @@ def simulate_pushes(pose: np.ndarray, points: np.ndarray, normals: np.ndarray, d
 # ---------------------------------------------------------------- demonstrator
 
 
+class Cue(enum.Enum):
+    """Plan steps without arguments: a decision taken when the step is reached."""
+
+    PLAN = "plan"  # choose the next push from where the block is now (or finish)
+    FINISH = "finish"  # done if the T covers the goal, else plan again
+
+
+@dataclass(frozen=True)
+class Push:
+    """A push from here along ``direction`` (2,) until ``length`` m past the first contact, at ``speed`` m/s."""
+
+    direction: np.ndarray
+    length: float
+    speed: float
+
+
+@dataclass(frozen=True)
+class Pushing:
+    """A push under way toward ``end`` (3,) m at ``speed`` m/s along ``direction`` (2,); ``best`` is the
+    smallest pose error (m) reached so far."""
+
+    end: np.ndarray
+    speed: float
+    direction: np.ndarray
+    best: float
+
+
+Step = Wait | Move | Push | Pushing | Cue
+
+
 class PushTDemonstrator:
     """``reset(seed)`` after ``env.reset``, then ``act(obs)`` each step; ``done`` once the T covers the
-    goal and the hand has backed off (it then holds still)."""
+    goal and the hand has backed off (it then holds still). ``plan`` is the list of steps still to execute."""
 
     def __init__(self, env: Any, cfg: PushDemoConfig | None = None, dt: float | None = None):
         self.env: PushTEnv = env.unwrapped
@@ -173,7 +216,7 @@ class PushTDemonstrator:
             area = (x1 - x0) * (y1 - y0)
             r2 += area * ((x1**3 - x0**3) / (3 * (x1 - x0)) + (y1**3 - y0**3) / (3 * (y1 - y0)))
         self.radius2 = r2 / self.env.area
-        self._plan: list[tuple[str, Any]] = []
+        self.plan: list[Step] = []
         self.done = False
 
     def reset(self, seed: int | None = None) -> None:
@@ -181,26 +224,29 @@ class PushTDemonstrator:
         c = self.cfg
         self.rng = np.random.default_rng(seed)
         pose = self.env.ee_pose()
-        self.pos = pose[LAYOUT.position].copy()  # commanded TCP position (m)
-        self.yaw = _wrap(math.atan2(pose[4], pose[3]) + self.rng.uniform(-c.yaw, c.yaw))
-        self.speed = 0.0
-        self.tremor = np.zeros(3)
+        yaw = wrap_angle(yaw_of(pose) + self.rng.uniform(-c.yaw, c.yaw))
+        self.hand = Hand(pose[LAYOUT.position].copy(), yaw, c.accel, 0.0, self.dt)  # the yaw stays
+        self.tremor = Tremor(c.tremor, (1.0, 1.0, 0.3))
         self.finish = self._u(c.finish_overlap)
         self.push_z = self._u(c.push_height)
         self.travel_z = self._u(c.travel_height)
         self.pushes = 0
         self.done = False
-        self._plan = [("wait", int(self.rng.integers(1, 4))), ("plan", None)]
+        self.plan = [Wait(int(self.rng.integers(1, 4))), Cue.PLAN]
+
+    @property
+    def pos(self) -> np.ndarray:
+        """(3,) commanded TCP position (m), without the tremor."""
+        return self.hand.pos
 
     def _u(self, lohi: tuple[float, float]) -> float:
-        return float(self.rng.uniform(*lohi))
+        return draw(self.rng, lohi)
 
     def _move(self, pos, speed: float | None = None) -> None:
-        self._plan.append(("move", (np.asarray(pos, float), speed or self._u(self.cfg.travel_speed))))
+        self.plan.append(Move(np.asarray(pos, float), speed or self._u(self.cfg.travel_speed)))
 
     def _pause(self, prob: float | None = None) -> None:
-        if self.rng.random() < (self.cfg.pause_prob if prob is None else prob):
-            self._plan.append(("wait", int(self.rng.integers(self.cfg.pause_ticks[0], self.cfg.pause_ticks[1] + 1))))
+        maybe_pause(self.rng, self.plan, self.cfg.pause_prob if prob is None else prob, self.cfg.pause_ticks)
 
     # ---------------------------------------------------------------- planning
 
@@ -258,7 +304,7 @@ class PushTDemonstrator:
         choice = self.choose_push()
         if choice is None:  # nothing useful from here: back off upward and look again
             self._move([self.pos[0], self.pos[1], self.travel_z])
-            self._plan.append(("plan", None))
+            self.plan.append(Cue.PLAN)
             return
         start, d, length = choice
         low = self.pos[2] < 0.05
@@ -276,7 +322,7 @@ class PushTDemonstrator:
         self._pause(0.1)
         fine = self.error() < c.fine_error
         speed = self._u(c.fine_push_speed if fine else c.push_speed)
-        self._plan.append(("push", (d, length, speed)))
+        self.plan.append(Push(d, length, speed))
 
     def _plan_finish(self, d: np.ndarray | None) -> None:
         c = self.cfg
@@ -284,56 +330,49 @@ class PushTDemonstrator:
         away = self.pos[:2] + back * self._u(c.retreat)
         self._move([away[0], away[1], self.pos[2]], 0.5 * self._u(c.travel_speed))
         self._move([away[0], away[1], self.travel_z + self.rng.uniform(0.0, 0.04)], 0.6 * self._u(c.travel_speed))
-        self._plan.append(("finish", None))
+        self.plan.append(Cue.FINISH)
 
     # ---------------------------------------------------------------- acting
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(10,) float32 absolute target for this tick."""
         pushing = False
-        while self._plan:
-            kind, arg = self._plan[0]
-            if kind == "wait":
-                if arg <= 0:
-                    self._plan.pop(0)
-                    continue
-                self._plan[0] = ("wait", arg - 1)
+        while self.plan:
+            step = self.plan[0]
+            if isinstance(step, Wait):
+                if wait_tick(self.plan):
+                    break
+            elif isinstance(step, Move):
+                if self._step_toward(step):
+                    self.plan.pop(0)
                 break
-            if kind == "move":
-                if self._step_toward(*arg):
-                    self._plan.pop(0)
-                break
-            if kind == "plan":
-                self._plan.pop(0)
+            elif isinstance(step, Push):
+                self.plan[0:1] = [self._start_push(step)]
+            elif isinstance(step, Pushing):
+                pushing = True
+                if self._pushing(step):
+                    break
+            elif step is Cue.PLAN:
+                self.plan.pop(0)
                 if self.env.overlap_at(self.env.block_pose()) >= self.finish:
                     self._plan_finish(None)
                 else:
                     self._plan_push()
-                continue
-            if kind == "push":
-                self._plan[0:1] = self._start_push(*arg)
-                continue
-            if kind == "pushing":
-                pushing = True
-                if self._pushing(arg):
-                    break
-                continue
-            if kind == "finish":
-                self._plan.pop(0)
+            elif step is Cue.FINISH:
+                self.plan.pop(0)
                 if self.env.overlap_at(self.env.block_pose()) >= self.env.cfg.success_overlap:
                     self.done = True
                 else:
-                    self._plan.append(("plan", None))
-                continue
+                    self.plan.append(Cue.PLAN)
         return self._action(pushing or self.done)
 
-    def _start_push(self, d: np.ndarray, length: float, speed: float) -> list[tuple[str, Any]]:
-        """The push from here along ``d`` until ``length`` m past the first contact, at ``speed`` m/s."""
+    def _start_push(self, push: Push) -> Pushing:
+        """The push from here along its direction until its length past the first contact, at its speed."""
         self.pushes += 1
+        d = push.direction
         gap = self._contact_gap(self.pos[:2], d)
-        end = self.pos[:2] + d * (gap + length + 0.002)  # + 2 mm for the lag of the compliant hand
-        return [("pushing", {"end": np.array([end[0], end[1], self.push_z]), "speed": speed, "d": d,
-                             "best": self.error()})]
+        end = self.pos[:2] + d * (gap + push.length + 0.002)  # + 2 mm for the lag of the compliant hand
+        return Pushing(np.array([end[0], end[1], self.push_z]), push.speed, d, self.error())
 
     def _contact_gap(self, start: np.ndarray, d: np.ndarray) -> float:
         """Distance (m) the pusher at ``start`` travels along ``d`` before its front touches the block."""
@@ -343,44 +382,32 @@ class PushTDemonstrator:
                 return float(s)
         return 0.06
 
-    def _pushing(self, state: dict[str, Any]) -> bool:
+    def _pushing(self, push: Pushing) -> bool:
         """One tick of a push; False (and the plan moves on) once it is over."""
         env, c = self.env, self.cfg
         err = self.error()
         overlap = env.overlap_at(env.block_pose())
         if overlap >= self.finish:
-            self._plan[0:1] = []
-            self._plan_finish(state["d"])
+            self.plan[0:1] = []
+            self._plan_finish(push.direction)
             return False
-        if err > state["best"] + 0.002 or self._step_toward(state["end"], state["speed"]):
-            back = self.pos[:2] - state["d"] * self._u(c.retreat)
-            self._plan[0:1] = [("move", (np.array([back[0], back[1], self.pos[2]]), self._u(c.push_speed)))]
+        cruise = vary_speed(self.rng, push.speed, c.push_speed[1], c.travel_speed[1], c.speed_change_prob)
+        if err > push.best + 0.002 or self.hand.step_toward(push.end, cruise):
+            back = self.pos[:2] - push.direction * self._u(c.retreat)
+            self.plan[0:1] = [Move(np.array([back[0], back[1], self.pos[2]]), self._u(c.push_speed))]
             self._pause()
-            self._plan.append(("plan", None))
+            self.plan.append(Cue.PLAN)
             return False
-        state["best"] = min(state["best"], err)
+        self.plan[0] = replace(push, best=min(push.best, err))
         return True
 
-    def _step_toward(self, goal: np.ndarray, cruise: float) -> bool:
-        """Advance the commanded position one tick toward ``goal``; True once there."""
-        c, dt = self.cfg, self.dt
-        if cruise > c.push_speed[1] and self.rng.random() < c.speed_change_prob:
-            cruise = float(np.clip(cruise * self.rng.uniform(0.6, 1.4), c.push_speed[1], c.travel_speed[1]))
-            if self._plan and self._plan[0][0] == "move":
-                self._plan[0] = ("move", (goal, cruise))
-        delta = goal - self.pos
-        dist = float(np.linalg.norm(delta))
-        self.speed = min(cruise, self.speed + c.accel * dt, math.sqrt(2 * c.accel * dist))
-        step = min(self.speed * dt, dist)
-        if dist > 1e-9:
-            self.pos = self.pos + delta * (step / dist)
-        if dist - step < 1e-6:
-            self.speed = 0.0
-            return True
-        return False
+    def _step_toward(self, move: Move) -> bool:
+        """Advance the commanded position one tick toward ``move``'s goal; True once there."""
+        c = self.cfg
+        cruise = vary_speed(self.rng, move.speed, c.push_speed[1], c.travel_speed[1], c.speed_change_prob)
+        if cruise != move.speed:
+            self.plan[0] = replace(move, speed=cruise)
+        return self.hand.step_toward(move.goal, cruise)
 
     def _action(self, quiet: bool) -> np.ndarray:
-        rho = 0.8
-        self.tremor = rho * self.tremor + math.sqrt(1 - rho * rho) * self.cfg.tremor * self.rng.normal(size=3)
-        pos = self.pos + self.tremor * (0.3 if quiet else 1.0) * np.array([1.0, 1.0, 0.3])
-        return np.concatenate([pos, yaw_rot6d(self.yaw), [0.0]]).astype(np.float32)
+        return hand_target(self.hand, self.tremor.step(self.rng, 0.3 if quiet else 1.0), 0.0)

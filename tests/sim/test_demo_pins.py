@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sim.demo import DemoConfig, rollout
+from sim.demo import DemoConfig
 from sim.peek_pick import PeekDemoConfig
 from sim.push_t_demo import PushDemoConfig
+from sim.rollout import rollout
 from sim.tasks import get_task, make_env
 
 DEMO_CONFIGS = {"pick_place": DemoConfig, "push_t": PushDemoConfig, "peek_pick": PeekDemoConfig}

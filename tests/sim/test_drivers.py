@@ -12,8 +12,8 @@ from runtime.drivers.base import DriverError
 from runtime.factory import make_camera, make_robot
 from runtime.inference import SimulatedLatencyWorker
 from runtime.safety import SafetyConfig, SafetyLayer
-from sim.demo import rollout
 from sim.drivers import SimCamera, SimRobot
+from sim.rollout import rollout
 
 DT = 0.1
 

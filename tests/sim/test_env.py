@@ -9,8 +9,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from policy import keys
-from sim.demo import yaw_rot6d
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from sim.env import RandomizationConfig
+from sim.motion import yaw_rot6d
 from sim.pick_place import PickPlaceConfig, PickPlaceEnv
 
 
@@ -34,7 +35,7 @@ def test_observation_shapes_and_dtypes(env):
     assert obs[keys.EE_POSE].shape == (9,) and obs[keys.EE_POSE].dtype == np.float32
     assert obs[keys.GRIPPER].shape == (1,) and obs[keys.GRIPPER].dtype == np.float32
     assert set(info) >= {"is_success", "score"}
-    np.testing.assert_allclose(obs[keys.EE_POSE][3:], yaw_rot6d(0.0), atol=1e-4)  # top-down at reset
+    np.testing.assert_allclose(obs[keys.EE_POSE][LAYOUT.rotation], yaw_rot6d(0.0), atol=1e-4)  # top-down at reset
     assert obs[keys.GRIPPER][0] == pytest.approx(0.08, abs=1e-3)
 
 

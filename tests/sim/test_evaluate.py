@@ -9,9 +9,9 @@ import pytest
 from policy.config_utils import ConfigError, from_dict
 from policy.train import Trainer, train
 from sim.collect import CollectConfig, collect, read_seeds
-from sim.demo import rollout
 from sim.evaluate import EvalConfig, eval_seeds, evaluate, run_episode
 from sim.report import wilson_interval
+from sim.rollout import rollout
 from tests.policy.conftest import tiny_config
 from tests.sim.test_drivers import ReplayPolicy
 

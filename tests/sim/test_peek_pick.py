@@ -10,10 +10,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from policy import keys
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from sim import scene
-from sim.demo import rollout
 from sim.env import RandomizationConfig
 from sim.peek_pick import PeekDemoConfig, PeekPickConfig, PeekPickDemonstrator, PeekPickEnv
+from sim.rollout import rollout
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_demonstrator_looks_then_keeps_the_mark_in_view_and_never_goes_for_the_p
     result = rollout(env, 7)
     obs, actions = result["obs"], result["actions"]
     assert result["success"]
-    close = int(np.argmax(actions[:, 9] == 0.0))  # the fingers start closing on the marked cube
+    close = int(np.argmax(actions[:, LAYOUT.width] == 0.0))  # the fingers start closing on the marked cube
     env.reset(seed=7)
     (cube, _), (decoy, _) = env.cube_pose(), env.decoy_pose()
     tcp = np.stack([o[keys.EE_POSE][:3] for o in obs[:close]])

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from policy import keys
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from sim import scene
-from sim.demo import PickPlaceDemonstrator, rollout
+from sim.demo import Close, PickPlaceDemonstrator
+from sim.rollout import rollout
 
 
 def _settle(env, ticks=3):
@@ -47,7 +49,7 @@ def test_cube_next_to_the_bin_or_held_over_it_is_not_a_success(env):
     env.set_gripper_pose(grasp, scene.TOP_DOWN, 0.04)
     env.place_cube(env.goal_pos() + np.array([0.0, 0.0, 0.002]), yaw=0.0)
     mujoco.mj_forward(env.model, env.data)
-    action = np.concatenate([grasp, env.ee_pose()[3:], [0.0]])
+    action = np.concatenate([grasp, env.ee_pose()[LAYOUT.rotation], [0.0]])
     for _ in range(3):
         *_, info = env.step(action)
     assert env.cube_in_bin() and env.cube_touches_fingers()
@@ -65,9 +67,9 @@ def test_demonstrator_succeeds(env, seed):
 def test_demonstrator_stays_within_the_runtime_safety_limits(env):
     """Demos are recorded through the runtime's safety layer: they should never need clipping."""
     actions = rollout(env, 3, keep_obs=False)["actions"].astype(np.float64)
-    speed = np.linalg.norm(np.diff(actions[:, :3], axis=0), axis=1) * env.cfg.control_hz
+    speed = np.linalg.norm(np.diff(actions[:, LAYOUT.position], axis=0), axis=1) * env.cfg.control_hz
     assert speed.max() < 0.25  # runtime SafetyConfig.max_speed default
-    assert np.all((actions[:, 9] >= 0) & (actions[:, 9] <= 0.08))
+    assert np.all((actions[:, LAYOUT.width] >= 0) & (actions[:, LAYOUT.width] <= 0.08))
 
 
 def test_demonstrator_retries_a_missed_grasp(env):
@@ -78,7 +80,7 @@ def test_demonstrator_retries_a_missed_grasp(env):
     moved = False
     for _ in range(2 * env.cfg.max_episode_steps):
         action = demo.act(obs)
-        if not moved and demo._plan and demo._plan[0][0] == "close":
+        if not moved and demo.plan and isinstance(demo.plan[0], Close):
             cube, yaw = env.cube_pose()
             env.place_cube(cube + np.array([-0.08, -0.06, 0.0]), yaw + 0.4)
             moved = True

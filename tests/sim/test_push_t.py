@@ -10,9 +10,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from policy import keys
-from sim.demo import rollout
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from sim.push_t import PushTConfig, PushTEnv, point_distance, t_outline, transform
 from sim.push_t_demo import PushDemoConfig, PushTDemonstrator
+from sim.rollout import rollout
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +124,10 @@ def test_demonstrator_succeeds(env, seed):
     assert result["steps"] < env.cfg.max_episode_steps
     assert abs(env.data.qpos[env._qadr[2]]) < 2e-3  # pushed, never lifted
     actions = result["actions"].astype(np.float64)
-    speed = np.linalg.norm(np.diff(actions[:, :3], axis=0), axis=1) * env.cfg.control_hz
+    speed = np.linalg.norm(np.diff(actions[:, LAYOUT.position], axis=0), axis=1) * env.cfg.control_hz
     assert speed.max() < 0.25  # runtime SafetyConfig.max_speed default
-    assert np.all(actions[:, 2] > 0.015) and np.all(actions[:, 9] == 0.0)  # fingers closed, above the table
+    position, _, width = LAYOUT.split(actions)
+    assert np.all(position[:, 2] > 0.015) and np.all(width == 0.0)  # fingers closed, above the table
 
 
 def test_demonstrator_rotates_from_either_side(env):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.demo import rollout
+from sim.rollout import rollout
 from sim.tasks import make_demonstrator, make_env
 
 
