@@ -5,6 +5,12 @@ timestamped buffer, passes it through the safety layer and writes it to the robo
 current chunk has been executed, the newest observation window goes to the inference worker and the
 loop keeps executing; the chunk that comes back replaces the buffer from now on, without the entries
 whose time has passed. The loop never waits for inference. ``robot.stop()`` runs in ``finally:``.
+
+Every fault ends the run with ``robot.stop()`` called, ``metrics.stop_reason``/``metrics.error`` naming
+the cause, and a ``ControllerError`` for the caller: a driver error, observations stale for too long,
+``max_inference_failures`` failed inferences in a row, a dead inference process, no answer within
+``inference_timeout_s``, ``max_rejected_actions`` rejected actions in a row (NaN, degenerate rotation),
+an arm that starts outside the workspace box, and any other exception raised inside the loop.
 """
 
 from __future__ import annotations
@@ -20,39 +26,43 @@ from dataclasses import dataclass
 import numpy as np
 
 from policy import keys
+from policy.config_utils import need
 from runtime.buffer import ActionBuffer
 from runtime.clock import Clock, frozen_gc, wait_for_tick
-from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
-from runtime.inference import InferenceWorker
+from runtime.drivers.base import Camera, Robot, RobotState
+from runtime.inference import InferenceWorker, WorkerDied
+from runtime.loop import LoopFault, ObservationReader, guarded_run, target_from_state
 from runtime.metrics import RunMetrics, TickRecord
-from runtime.safety import SafetyLayer, SafetyResult
+from runtime.safety import REJECTED, OutsideWorkspace, SafetyLayer, SafetyResult
+
+__all__ = ["Controller", "ControllerConfig", "ControllerError", "target_from_state"]
 
 log = logging.getLogger("runtime.controller")
 
 
-class ControllerError(RuntimeError):
-    """The run stopped because of a fault (driver, inference, stale observations)."""
+class ControllerError(LoopFault):
+    """The run stopped because of a fault (driver, inference, stale observations, ...)."""
 
 
 @dataclass
 class ControllerConfig:
-    hz: float = 10.0
+    hz: float = 10.0  # control rate, Hz
     replan: str = "half"  # half: request a chunk when half of the current one is executed | continuous
     max_inference_failures: int = 3  # consecutive failed inferences before the run stops
+    max_rejected_actions: int = 10  # consecutive rejected actions (NaN, degenerate rotation) before it stops
+    inference_timeout_s: float = 5.0  # s on the controller's clock: a request unanswered this long stops the run
     keep_trace: bool = False  # record every tick's command (tests, evaluation)
 
     def __post_init__(self) -> None:
-        if not self.hz > 0:
-            raise ValueError(f"controller.hz must be > 0, got {self.hz}")
-        if self.replan not in ("half", "continuous"):
-            raise ValueError(f"controller.replan must be 'half' or 'continuous', got {self.replan!r}")
-        if self.max_inference_failures < 1:
-            raise ValueError(f"controller.max_inference_failures must be >= 1, got {self.max_inference_failures}")
-
-
-def target_from_state(state: RobotState) -> np.ndarray:
-    """The action that holds the robot where it is: (10,) = ee_pose (9) + gripper (1)."""
-    return np.concatenate([state.ee_pose, state.gripper]).astype(np.float64)
+        need(0 < self.hz <= 1000, f"controller.hz must be in (0, 1000] Hz, got {self.hz!r}")
+        need(self.replan in ("half", "continuous"),
+             f"controller.replan must be 'half' or 'continuous', got {self.replan!r}")
+        need(self.max_inference_failures >= 1,
+             f"controller.max_inference_failures must be >= 1 (requests), got {self.max_inference_failures}")
+        need(self.max_rejected_actions >= 1,
+             f"controller.max_rejected_actions must be >= 1 (ticks), got {self.max_rejected_actions}")
+        need(0 < self.inference_timeout_s <= 600,
+             f"controller.inference_timeout_s must be in (0, 600] s, got {self.inference_timeout_s!r}")
 
 
 class Controller:
@@ -76,26 +86,18 @@ class Controller:
                              f"(cameras: {sorted(self.cameras)})")
         self.buffer = ActionBuffer()
         self.metrics = RunMetrics()
+        self.reader = ObservationReader(robot, self.cameras)
         self._obs: deque[dict[str, np.ndarray]] = deque(maxlen=policy.n_obs_steps)
         self._history: deque[np.ndarray] = deque(maxlen=policy.n_obs_steps)
-        self._frames: dict[str, CameraFrame] = {}
-        self._failures = 0
+        self._failures = 0  # failed inferences in a row
+        self._rejected = 0  # rejected actions in a row
+        self._submitted: tuple[float, int] | None = None  # (clock time, obs tick) of the request in flight
 
     # ---------------------------------------------------------------- observation
 
     def _read(self, now: float) -> tuple[RobotState, dict[str, float]]:
-        state = self.robot.read()  # a DriverError here ends the run
-        ages = {"robot": now - state.timestamp}
-        for key, cam in self.cameras.items():
-            try:
-                self._frames[key] = cam.read()
-            except DriverError as e:  # a dead camera: keep its last frame, let the watchdog judge the age
-                log.warning("camera %s: %s", key, e)
-            frame = self._frames.get(key)
-            ages[key] = now - frame.timestamp if frame is not None else math.inf
-        obs = {keys.EE_POSE: state.ee_pose.astype(np.float32), keys.GRIPPER: state.gripper.astype(np.float32)}
-        for key, frame in self._frames.items():
-            obs[key] = frame.image
+        state, ages = self.reader.read(now)
+        obs = self.reader.observation(state)
         if len(self._obs) == 0:  # pad the window at the start by repeating the first frame
             self._obs.extend([obs] * self._obs.maxlen)
         self._obs.append(obs)
@@ -113,15 +115,23 @@ class Controller:
 
     # ---------------------------------------------------------------- loop
 
-    def _receive(self, tick: int) -> None:
+    def _receive(self, tick: int, now: float) -> None:
         result = self.worker.poll()
         if result is None:
+            if self._submitted is not None and now - self._submitted[0] > self.cfg.inference_timeout_s:
+                self.metrics.inference_failures += 1
+                raise ControllerError(f"inference did not answer within controller.inference_timeout_s="
+                                      f"{self.cfg.inference_timeout_s} s (request of tick {self._submitted[1]}, "
+                                      f"{now - self._submitted[0]:.2f} s ago); stopped")
             return
+        self._submitted = None
         self.metrics.inference_latency_s.append(result.latency_s)
         if result.error is not None or result.chunk is None:
             self._failures += 1
             self.metrics.inference_failures += 1
             log.error("inference failed (%d in a row): %r", self._failures, result.error)
+            if isinstance(result.error, WorkerDied):  # nothing left to retry with
+                raise ControllerError(f"inference failed: {result.error}")
             if self._failures >= self.cfg.max_inference_failures:
                 raise ControllerError(f"inference failed {self._failures} times in a row; last error: "
                                       f"{result.error!r}")
@@ -147,6 +157,15 @@ class Controller:
         t0 = time.perf_counter()
         res = self.safety.check(action)
         self.metrics.safety_s.append(time.perf_counter() - t0)
+        if REJECTED.isdisjoint(res.reasons):
+            self._rejected = 0
+        else:
+            self._rejected += 1
+            if self._rejected >= self.cfg.max_rejected_actions:
+                self.metrics.interventions.update(res.reasons)
+                raise ControllerError(f"{self._rejected} actions in a row were rejected ({', '.join(res.reasons)}; "
+                                      f"controller.max_rejected_actions={self.cfg.max_rejected_actions}): the "
+                                      f"policy produces no usable actions; stopped")
         return res, "chunk", chunk_tick
 
     def _want_chunk(self, tick: int) -> bool:
@@ -160,35 +179,31 @@ class Controller:
     def run(self, max_ticks: int | None = None, duration_s: float | None = None) -> RunMetrics:
         """Run until ``max_ticks``/``duration_s``, the stop event, or a fault; the robot is stopped at the end.
 
-        Faults (driver errors, repeated inference failures, observations that stay stale) raise
-        ``ControllerError`` after the robot has been stopped; the metrics are in ``self.metrics``.
+        Every fault (see the module docstring) raises ``ControllerError`` after the robot has been stopped;
+        ``self.metrics`` names it (``stop_reason`` ``fault`` or ``driver_error``, ``error``).
         """
         if max_ticks is None and duration_s is None:
             raise ValueError("run() needs max_ticks or duration_s")
         n_ticks = max_ticks if max_ticks is not None else math.ceil(duration_s * self.cfg.hz)
-        m = self.metrics
+        with guarded_run(self.robot, self.metrics, ControllerError, "the controller"), frozen_gc():
+            self._loop(n_ticks)
+        return self.metrics
+
+    def _start(self) -> np.ndarray:
+        """The measured target (10,) the run starts from; refuses an arm outside the workspace box."""
+        current = target_from_state(self.reader.read_robot())
         try:
-            with frozen_gc():
-                self._loop(n_ticks)
-        except ControllerError as e:
-            m.stop_reason, m.error = "fault", str(e)
-            raise
-        except DriverError as e:
-            m.stop_reason, m.error = "driver_error", str(e)
-            raise ControllerError(f"driver error: {e}") from e
-        finally:
-            try:
-                self.robot.stop()
-            except Exception as e:  # noqa: BLE001 - stopping must not mask the original error
-                log.error("robot.stop() failed: %r", e)
-        return m
+            reasons = self.safety.reset(current) or []  # a sim BoxSafety returns None
+        except OutsideWorkspace as e:
+            self.metrics.interventions["start_outside_workspace"] += 1
+            raise ControllerError(str(e)) from e
+        self.metrics.interventions.update(reasons)
+        return current
 
     def _loop(self, n_ticks: int) -> None:
         """The ticks themselves; ``run`` handles faults and always stops the robot."""
         m = self.metrics
-        start = self.robot.read()
-        current = target_from_state(start)
-        self.safety.reset(current)
+        current = self._start()
         self._history.extend([current] * self._history.maxlen)
         t0 = self.clock.now()
         tick = 0
@@ -201,7 +216,7 @@ class Controller:
             m.tick_jitter_s.append(now - deadline)
             state, ages = self._read(now)
             history_before = list(self._history)
-            self._receive(tick)
+            self._receive(tick, now)
             res, source, chunk_tick = self._command(tick, ages, now)
             m.interventions.update(res.reasons)
             if res.stop:
@@ -212,6 +227,7 @@ class Controller:
                 m.trace.append(TickRecord(tick, now, sent, source, chunk_tick))
             if self._want_chunk(tick):
                 self.worker.submit(self.window(history_before), tick)
+                self._submitted = (now, tick)
             tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)
             m.overruns += skipped
         else:

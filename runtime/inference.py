@@ -5,15 +5,20 @@ comes back later, stamped with the tick of the observation it was predicted from
 - ``SimulatedLatencyWorker``: runs the policy at once and releases the result after a simulated
   latency (zero, fixed, or the measured wall time of the inference) on the controller's clock, so
   a simulated run behaves like the arm, deterministically.
+- ``ProcessWorker``: a checkpoint served from a child process (``ChildProcessWorker`` serves any
+  picklable policy loader). A child that dies is reported as a ``WorkerDied`` error naming its pid and
+  exit code, never as a bare ``EOFError``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import signal
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +27,10 @@ from policy.protocol import ChunkPolicy, PolicySpec
 from runtime.clock import Clock
 
 log = logging.getLogger("runtime.inference")
+
+
+class WorkerDied(RuntimeError):
+    """The inference process is gone: no request can be answered any more (the run must stop)."""
 
 
 @dataclass
@@ -156,16 +165,21 @@ class SimulatedLatencyWorker(InferenceWorker):
         return result
 
 
-def _serve_process(conn, checkpoint: str, device: str, num_threads: int, overrides: dict) -> None:
-    """Child process: load the checkpoint once, then answer (window, obs_tick) requests until None."""
+def _load_checkpoint(checkpoint: str, device: str, num_threads: int, overrides: dict) -> ChunkPolicy:
+    """In the child: torch threads, then ``Policy.from_pretrained``."""
     import torch
 
     from policy.policy import Policy
 
     if num_threads > 0:
         torch.set_num_threads(num_threads)
+    return Policy.from_pretrained(checkpoint, device=device, **overrides)
+
+
+def _serve_process(conn, load: Callable[[], ChunkPolicy]) -> None:
+    """Child process: ``load()`` the policy once, then answer (window, obs_tick) requests until None."""
     try:
-        policy = Policy.from_pretrained(checkpoint, device=device, **overrides)
+        policy = load()
         conn.send(("ready", None))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("load_error", repr(e)))
@@ -180,62 +194,91 @@ def _serve_process(conn, checkpoint: str, device: str, num_threads: int, overrid
         conn.send(("result", (obs_tick, chunk, None if err is None else repr(err), time.monotonic())))
 
 
-class ProcessWorker(InferenceWorker):
-    """Runs ``Policy.from_pretrained(checkpoint)`` in a child process: inference never competes with the
-    control loop for the GIL. ``overrides`` go to ``from_pretrained`` (num_inference_steps, sampler).
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"exit code {code}, killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"exit code {code}"
+    return f"exit code {code}"
+
+
+class ChildProcessWorker(InferenceWorker):
+    """Serves ``load()`` (a picklable callable returning a ``ChunkPolicy``) from a spawned child process:
+    inference never competes with the control loop for the GIL. ``what`` names the policy in errors.
 
     For real robots: the clock must be ``time.monotonic`` (``WallClock``), which the child shares.
     """
 
-    def __init__(self, checkpoint: str, clock: Clock, device: str = "cpu", num_threads: int = 1,
-                 start_timeout_s: float = 120.0, **overrides):
+    def __init__(self, spec: PolicySpec, clock: Clock, load: Callable[[], ChunkPolicy], what: str,
+                 start_timeout_s: float = 120.0):
         import multiprocessing as mp
 
-        from policy.checkpoint import load_spec
-
-        super().__init__(load_spec(checkpoint), clock)
+        super().__init__(spec, clock)
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_process, args=(child, str(checkpoint), device, num_threads, overrides),
-                                 name="inference", daemon=True)
+        self._proc = ctx.Process(target=_serve_process, args=(child, load), name="inference", daemon=True)
         self._proc.start()
         child.close()
+        self._pending: float | None = None  # submit time of the request in flight
+        self._dead: InferenceResult | None = None  # the death of the child, reported by the next poll
         if not self._conn.poll(start_timeout_s):
             self.close()
-            raise RuntimeError(f"inference process did not load {checkpoint} within {start_timeout_s} s")
+            raise RuntimeError(f"inference process did not load {what} within {start_timeout_s} s")
         try:
             kind, payload = self._conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             self.close()
-            raise RuntimeError(f"inference process exited while loading {checkpoint} "
-                               f"(exit code {self._proc.exitcode})") from None
+            raise RuntimeError(f"inference process exited while loading {what} "
+                               f"({_exit_text(self._proc.exitcode)})") from None
         if kind != "ready":
             self.close()
-            raise RuntimeError(f"inference process could not load {checkpoint}: {payload}")
-        self._pending: float | None = None  # submit time of the request in flight
+            raise RuntimeError(f"inference process could not load {what}: {payload}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
 
     @property
     def busy(self) -> bool:
-        return self._pending is not None
+        return self._pending is not None or self._dead is not None
+
+    def _died(self, t0: float, during: str) -> InferenceResult:
+        self._proc.join(timeout=1.0)  # reap it: the exit code is known once it is joined
+        err = WorkerDied(f"inference process (pid {self._proc.pid}) died {during} "
+                         f"({_exit_text(self._proc.exitcode)})")
+        log.error("%s", err)
+        return InferenceResult(-1, None, err, self.clock.now() - t0)
 
     def submit(self, window: Mapping[str, np.ndarray], obs_tick: int) -> None:
-        if self._pending is not None:
+        if self.busy:
             raise RuntimeError("inference worker is busy; submit only when idle")
-        if not self._proc.is_alive():
-            raise RuntimeError(f"inference process died (exit code {self._proc.exitcode})")
-        self._conn.send(({k: np.asarray(v) for k, v in window.items()}, obs_tick))
-        self._pending = self.clock.now()
+        now = self.clock.now()
+        try:
+            self._conn.send(({k: np.asarray(v) for k, v in window.items()}, obs_tick))
+        except (OSError, EOFError, ValueError):  # BrokenPipeError, ConnectionResetError, a closed pipe
+            self._dead = self._died(now, "before a request")
+            return
+        self._pending = now
 
     def poll(self) -> InferenceResult | None:
+        if self._dead is not None:
+            result, self._dead = self._dead, None
+            return result
         if self._pending is None:
             return None
-        if not self._conn.poll():
-            if not self._proc.is_alive():  # died mid-request: report it as a failed inference
-                t0, self._pending = self._pending, None
-                err = RuntimeError(f"inference process died (exit code {self._proc.exitcode})")
-                return InferenceResult(-1, None, err, self.clock.now() - t0)
-            return None
-        _, (obs_tick, chunk, err, t_done) = self._conn.recv()
+        try:
+            if not self._conn.poll():
+                if not self._proc.is_alive():  # died mid-request, and its end of the pipe is not closed yet
+                    t0, self._pending = self._pending, None
+                    return self._died(t0, "mid-request")
+                return None
+            _, (obs_tick, chunk, err, t_done) = self._conn.recv()
+        except (EOFError, OSError):  # the child's end closed: it died mid-request
+            t0, self._pending = self._pending, None
+            return self._died(t0, "mid-request")
         t0, self._pending = self._pending, None
         return InferenceResult(obs_tick, chunk, None if err is None else RuntimeError(err), t_done - t0)
 
@@ -247,3 +290,17 @@ class ProcessWorker(InferenceWorker):
         self._proc.join(timeout=5.0)
         if self._proc.is_alive():
             self._proc.kill()
+            self._proc.join(timeout=5.0)
+        self._conn.close()
+
+
+class ProcessWorker(ChildProcessWorker):
+    """Runs ``Policy.from_pretrained(checkpoint)`` in a child process. ``overrides`` go to
+    ``from_pretrained`` (num_inference_steps, sampler)."""
+
+    def __init__(self, checkpoint: str, clock: Clock, device: str = "cpu", num_threads: int = 1,
+                 start_timeout_s: float = 120.0, **overrides):
+        from policy.checkpoint import load_spec
+
+        load = functools.partial(_load_checkpoint, str(checkpoint), device, num_threads, overrides)
+        super().__init__(load_spec(checkpoint), clock, load, str(checkpoint), start_timeout_s)

@@ -12,6 +12,12 @@ Memory: images dominate. Two 96x96x3 uint8 cameras at 10 Hz are 2 * 27.6 kB * 10
 33 MB per minute of demo; 640x480 frames would be ~18 MB/s. Writing costs ~3 ms per step (Blosc zstd
 on the images), ~2 s for a 60 s episode: a real-time loop should keep with ``wait=False`` so a single
 background writer thread does it while the loop keeps ticking; ``flush()``/``close()`` wait for it.
+
+Counts are what was committed: ``committed`` lists the episode indices that are on disk, ``failed`` the
+errors of episodes that could not be written (a full disk). The writer's queue is bounded: while
+``max_queued`` kept episodes are still being written, ``start()`` refuses a new episode
+(``RecorderBusy``, logged; ``writer_behind`` says so beforehand). It refuses rather than blocks, so a
+control loop that records never stalls on the disk; the episodes already kept are never dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 
 import numpy as np
 
@@ -45,6 +52,10 @@ def _lowdim(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray:
     return a.astype(np.float32)
 
 
+class RecorderBusy(RuntimeError):
+    """The background writer is ``max_queued`` episodes behind: no new episode until it catches up."""
+
+
 class EpisodeRecorder:
     """Buffers one episode of steps in memory and appends it to a ``ReplayBuffer`` on keep.
 
@@ -53,9 +64,15 @@ class EpisodeRecorder:
     (T,) float64 seconds. Not thread-safe: call it from the control loop's thread only.
     """
 
-    def __init__(self, path: str | os.PathLike, image_keys: Sequence[str] = keys.IMAGE_KEYS):
-        """Open (or create) the dataset at ``path`` for appending; refuse one with another key set."""
+    def __init__(self, path: str | os.PathLike, image_keys: Sequence[str] = keys.IMAGE_KEYS, max_queued: int = 2):
+        """Open (or create) the dataset at ``path`` for appending; refuse one with another key set.
+
+        ``max_queued``: kept episodes that may wait for the background writer before ``start()`` refuses.
+        """
+        if max_queued < 1:
+            raise ValueError(f"recorder: max_queued must be >= 1 (episodes), got {max_queued}")
         self.path = path
+        self.max_queued = max_queued
         self.image_keys = tuple(image_keys)
         if len(set(self.image_keys)) != len(self.image_keys):
             raise ValueError(f"recorder: image_keys has duplicates: {self.image_keys}")
@@ -67,11 +84,15 @@ class EpisodeRecorder:
             raise ValueError(f"recorder: dataset {path} holds keys {self._buffer.keys}; this recorder would write "
                              f"{sorted(self.keys)} (missing {missing}, extra {extra})")
         self._n_kept = self._buffer.n_episodes  # committed + queued for the writer
+        self.committed: list[int] = []  # episode indices this recorder committed to disk, in order
+        self.committed_steps = 0  # steps in those episodes
+        self.failed: list[str] = []  # why each episode that could not be written failed
+        self._error: BaseException | None = None  # the first write error not raised yet
         self._steps: dict[str, list[np.ndarray]] | None = None  # None: not recording
         self._image_shapes: dict[str, tuple[int, ...]] | None = None  # fixed by the first valid step
         self._last_t = -math.inf
         self._writer: ThreadPoolExecutor | None = None
-        self._pending: list[Future[int]] = []
+        self._pending: list[tuple[Future[int], int]] = []  # (write, steps of its episode), oldest first
 
     # ---------------------------------------------------------------- state
 
@@ -90,13 +111,30 @@ class EpisodeRecorder:
         """Episodes in the dataset, counting kept ones still queued for the background writer."""
         return self._n_kept
 
+    @property
+    def n_queued(self) -> int:
+        """Kept episodes not written yet (queued or being written)."""
+        self._collect()
+        return len(self._pending)
+
+    @property
+    def writer_behind(self) -> bool:
+        """True while ``max_queued`` episodes wait for the writer: ``start()`` would refuse."""
+        return self.n_queued >= self.max_queued
+
     # ---------------------------------------------------------------- recording
 
     def start(self) -> None:
-        """Begin a new episode; RuntimeError if one is already being recorded."""
+        """Begin a new episode; RuntimeError if one is already being recorded, ``RecorderBusy`` while the
+        writer is ``max_queued`` episodes behind, the write error of an earlier episode if one failed."""
         self._raise_writer_errors()
         if self.recording:
             raise RuntimeError("recorder: start() while an episode is being recorded; keep or discard it first")
+        if len(self._pending) >= self.max_queued:
+            msg = (f"recorder: the writer is behind ({len(self._pending)} kept episodes still being written to "
+                   f"{self.path}); not starting a new episode until it catches up")
+            log.warning(msg)
+            raise RecorderBusy(msg)
         self._steps = {k: [] for k in self.keys}
         self._last_t = -math.inf
 
@@ -165,14 +203,19 @@ class EpisodeRecorder:
         del steps
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder-writer")
-        future = self._writer.submit(self._buffer.add_episode, episode)
-        self._pending.append(future)
+        n_steps = len(episode[keys.ACTION])
+        self._pending.append((self._writer.submit(self._write, episode), n_steps))
         index = self._n_kept
         self._n_kept += 1
         if wait:
             self.flush()  # re-raises a write error (this one's or an earlier queued one's)
-        log.info("kept episode %d (%d steps)%s", index, len(episode[keys.ACTION]), "" if wait else ", writing")
+            index = self.committed[-1]
+        log.info("kept episode %d (%d steps)%s", index, n_steps, "" if wait else ", writing")
         return index
+
+    def _write(self, episode: dict[str, np.ndarray]) -> int:
+        """Writer thread: commit one episode; its index in the dataset."""
+        return self._buffer.add_episode(episode)
 
     def discard(self) -> int:
         """Drop the episode being recorded (if any); returns how many steps were dropped."""
@@ -184,18 +227,35 @@ class EpisodeRecorder:
 
     # ---------------------------------------------------------------- writer
 
+    def _collect(self) -> None:
+        """Account for finished writes (committed or failed); keep the first error to raise."""
+        done = [(f, n) for f, n in self._pending if f.done()]
+        if not done:
+            return
+        self._pending = [(f, n) for f, n in self._pending if not f.done()]
+        for f, n_steps in done:
+            err = f.exception()
+            if err is None:
+                self.committed.append(f.result())
+                self.committed_steps += n_steps
+                continue
+            self._n_kept -= 1  # it never made it into the dataset
+            self.failed.append(repr(err))
+            log.error("recorder: writing a kept episode (%d steps) to %s failed: %r", n_steps, self.path, err)
+            if self._error is None:
+                self._error = err
+
     def _raise_writer_errors(self) -> None:
-        """Re-raise the first failed background write; forget finished ones."""
-        done = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for f in done:
-            f.result()
+        """Re-raise the first failed background write (once); account for finished ones."""
+        self._collect()
+        err, self._error = self._error, None
+        if err is not None:
+            raise err
 
     def flush(self) -> None:
-        """Wait until every kept episode is committed; re-raises a failed write."""
-        pending, self._pending = self._pending, []
-        for f in pending:
-            f.result()
+        """Wait until every kept episode is written; re-raises the first failed write."""
+        wait_futures([f for f, _ in self._pending])
+        self._raise_writer_errors()
 
     def close(self) -> None:
         """Discard an unfinished episode, wait for queued writes and stop the writer thread."""

@@ -85,18 +85,28 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
 Mat3 = tuple[float, float, float, float, float, float, float, float, float]
 
 
+class DegenerateRotation(ValueError):
+    """A 6D rotation that names no rotation: a zero, non-finite or overflowing first column, or columns
+    (anti)parallel to within ``PARALLEL_SIN`` (the sine of the angle between them)."""
+
+
+PARALLEL_SIN = 1e-6  # columns closer to parallel than this carry no usable second axis
+
+
 def rot6d_to_mat3(r6) -> Mat3:
-    """6D (6 floats) -> row-major 3x3 via Gram-Schmidt; ValueError for a degenerate 6D."""
+    """6D (6 floats) -> row-major 3x3 via Gram-Schmidt; ``DegenerateRotation`` for a degenerate 6D."""
     a0, a1, a2, b0, b1, b2 = (float(v) for v in r6)
     na = math.sqrt(a0 * a0 + a1 * a1 + a2 * a2)
-    if na < 1e-9:
-        raise ValueError("degenerate 6D rotation: first column is zero")
+    if not (1e-9 <= na < math.inf):
+        raise DegenerateRotation(f"degenerate 6D rotation: first column has norm {na:g}")
     x0, x1, x2 = a0 / na, a1 / na, a2 / na
+    nb_in = math.sqrt(b0 * b0 + b1 * b1 + b2 * b2)
     d = x0 * b0 + x1 * b1 + x2 * b2
     b0, b1, b2 = b0 - d * x0, b1 - d * x1, b2 - d * x2
     nb = math.sqrt(b0 * b0 + b1 * b1 + b2 * b2)
-    if nb < 1e-9:
-        raise ValueError("degenerate 6D rotation: columns are parallel")
+    if not (nb >= 1e-9 and nb > PARALLEL_SIN * nb_in and nb < math.inf):
+        raise DegenerateRotation(f"degenerate 6D rotation: columns are parallel or zero (second column "
+                                 f"norm {nb_in:g}, {nb:g} of it orthogonal to the first)")
     y0, y1, y2 = b0 / nb, b1 / nb, b2 / nb
     z0, z1, z2 = x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0
     return (x0, y0, z0, x1, y1, z1, x2, y2, z2)

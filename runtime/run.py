@@ -3,6 +3,10 @@
 Hydra config ``configs/run.yaml`` with groups ``robot/`` and ``camera/``; ``dry_run=true`` streams the
 commands to ``<log_dir>/commands.jsonl`` without moving the arm. Ctrl-C, SIGTERM or the e-stop key stop
 the robot and end the run; the run's metrics are appended to ``<log_dir>/metrics.jsonl``.
+
+A fault (``runtime.controller`` lists them) stops the robot, is written to the metrics
+(``stop_reason``, ``error``) and ends the command with one line on stderr and exit code 1, not a
+traceback; so does a failure to start (a driver that does not connect, a checkpoint that does not load).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from runtime.clock import WallClock
 from runtime.controller import Controller, ControllerConfig, ControllerError
+from runtime.drivers.base import DriverError
 from runtime.factory import make_camera, make_robot
 from runtime.metrics import RunMetrics
 from runtime.safety import SafetyConfig, SafetyLayer
@@ -118,10 +123,13 @@ def main() -> None:
         with EStop() as estop:
             if sys.stdin.isatty():
                 estop.listen_keys(("ESC", "q"))  # the software e-stop key
-            metrics = run(cfg, estop.event)
+            try:
+                metrics = run(cfg, estop.event)
+            except (ControllerError, DriverError, RuntimeError) as e:  # failed to start: no metrics to print
+                sys.exit(f"run could not start: {type(e).__name__}: {e}")
         print({k: v for k, v in metrics.summary().items() if v is not None})
         if metrics.stop_reason not in ("completed", "stop_requested"):
-            sys.exit(1)
+            sys.exit(f"run stopped ({metrics.stop_reason}): {metrics.error}")
 
     _main()
 

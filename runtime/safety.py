@@ -4,6 +4,15 @@ Every command passes ``SafetyLayer.check``: non-finite targets are rejected (hol
 clipped to the workspace box, translational and rotational speed and acceleration are limited per
 tick, and the gripper width is clamped to its range. Stale observations make it hold, and stop
 when they stay stale. Each intervention carries a reason that is counted and logged. Never ``assert``.
+
+Rejected actions (the robot holds its last command): ``nonfinite_action`` (NaN or inf anywhere) and
+``degenerate_rotation`` (a finite 6D rotation that names no rotation: a zero first column, parallel
+columns). ``reset`` never moves the target: an arm measured outside the workspace box raises
+``OutsideWorkspace`` (the loops refuse to start) instead of commanding a jump into the box.
+
+Every limit has bounds a real arm could need and a value in another unit cannot pass (``max_speed=250``
+meant as mm/s fails naming the field and the unit): Franka FR3's Cartesian limits are 1.7-3 m/s,
+13 m/s^2, 2.5 rad/s, 25 rad/s^2; UR e-series tool speed limits go up to ~3 m/s.
 """
 
 from __future__ import annotations
@@ -15,9 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from policy.keys import ACTION_LAYOUT as LAYOUT
 from policy.config_utils import need
+from policy.keys import ACTION_LAYOUT as LAYOUT
 from runtime.rotation import (
+    DegenerateRotation,
+    Mat3,
     axis_angle_to_mat3,
     mat3_mul,
     mat3_mul_t,
@@ -27,6 +38,33 @@ from runtime.rotation import (
 )
 
 log = logging.getLogger("runtime.safety")
+
+REJECTED = frozenset({"nonfinite_action", "degenerate_rotation"})  # reasons that refuse an action: the robot holds
+
+# field: (lower bound (exclusive), upper bound (inclusive), unit, the unit a too large value was likely meant in)
+LIMIT_BOUNDS: dict[str, tuple[float, float, str, str]] = {
+    "max_speed": (0.0, 3.0, "m/s", "mm/s"),
+    "max_accel": (0.0, 50.0, "m/s^2", "mm/s^2"),
+    "max_rot_speed": (0.0, 2 * math.pi, "rad/s", "deg/s"),
+    "max_rot_accel": (0.0, 100.0, "rad/s^2", "deg/s^2"),
+    "stale_hold_s": (0.0, 2.0, "s", "ms"),
+    "stale_stop_s": (0.0, 10.0, "s", "ms"),
+}
+WORKSPACE_REACH_M = 3.0  # |workspace_min/max| bound, robot base frame: beyond any arm's reach
+GRIPPER_MAX_M = 0.3  # gripper_max bound: the widest parallel grippers open ~0.25 m
+
+
+def _bounded(name: str, value: float, lo: float, hi: float, unit: str, other_unit: str,
+             lo_closed: bool = False) -> None:
+    """``value`` in (lo, hi] (or [lo, hi] with ``lo_closed``), else a ValueError naming the field and the unit."""
+    ok = (lo <= value if lo_closed else lo < value) and value <= hi  # False for NaN
+    hint = f" ({other_unit}? use {unit})" if value > hi else ""
+    need(ok, f"safety.{name} must be in {'[' if lo_closed else '('}{lo:g}, {hi:g}] {unit}, got {value!r}{hint}")
+
+
+class OutsideWorkspace(ValueError):
+    """The measured pose is outside the workspace box: starting there would command a jump into it."""
+
 
 @dataclass
 class SafetyConfig:
@@ -45,13 +83,18 @@ class SafetyConfig:
 
     def __post_init__(self) -> None:
         need(len(self.workspace_min) == 3 and len(self.workspace_max) == 3,
-              "safety.workspace_min and workspace_max must have 3 entries (x, y, z)")
+              "safety.workspace_min and workspace_max must have 3 entries (x, y, z), in m")
+        r = WORKSPACE_REACH_M
+        for name in ("workspace_min", "workspace_max"):
+            for i, v in enumerate(getattr(self, name)):
+                _bounded(f"{name}[{i}] ({'xyz'[i]})", v, -r, r, "m", "mm", lo_closed=True)
         need(all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)),
-              f"safety.workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
-        for name in ("max_speed", "max_accel", "max_rot_speed", "max_rot_accel", "stale_hold_s"):
-            need(getattr(self, name) > 0, f"safety.{name} must be > 0, got {getattr(self, name)}")
+              f"safety.workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max} (m)")
+        for name, (lo, hi, unit, other) in LIMIT_BOUNDS.items():
+            _bounded(name, getattr(self, name), lo, hi, unit, other)
+        _bounded("gripper_max", self.gripper_max, 0.0, GRIPPER_MAX_M, "m", "mm")
         need(0 <= self.gripper_min < self.gripper_max,
-              f"safety.gripper_min/max must satisfy 0 <= min < max, got {self.gripper_min}, {self.gripper_max}")
+              f"safety.gripper_min/max must satisfy 0 <= min < max (m), got {self.gripper_min}, {self.gripper_max}")
         need(self.stale_stop_s > self.stale_hold_s,
               f"safety.stale_stop_s ({self.stale_stop_s}) must exceed stale_hold_s ({self.stale_hold_s})")
 
@@ -96,14 +139,38 @@ class SafetyLayer:
     def rot_velocity(self) -> np.ndarray:
         return np.array(self._w)
 
-    def reset(self, current: np.ndarray) -> None:
-        """Start from the robot's current target (10,): velocity zero, nothing stale."""
+    def reset(self, current: np.ndarray) -> list[str]:
+        """Start from the robot's measured target (10,): velocity zero, nothing stale.
+
+        The position is never moved: outside the workspace box raises ``OutsideWorkspace`` naming the
+        axis, the value and the box (counted as ``start_outside_workspace``). A gripper width outside its
+        range is clamped (``gripper_range``, logged: the gripper's own motion, not the arm's). Returns the
+        reasons of what was changed.
+        """
         cmd = np.asarray(current, dtype=float).reshape(-1).tolist()
         need(len(cmd) == LAYOUT.dim and all(map(math.isfinite, cmd)),
               f"safety.reset needs a finite ({LAYOUT.dim},) target, got {current!r}")
-        self._last = self._clip_static(cmd, [])
+        try:
+            rot6d_to_mat3(cmd[LAYOUT.rotation])
+        except DegenerateRotation as e:
+            raise ValueError(f"safety.reset: the measured rotation {cmd[LAYOUT.rotation]} is unusable: {e}") from e
+        out = [f"{axis} = {p:.4f} m is outside [{lo:g}, {hi:g}] m"
+               for axis, p, lo, hi in zip("xyz", cmd[LAYOUT.position], self._lo, self._hi) if not lo <= p <= hi]
+        if out:
+            self.counts["start_outside_workspace"] += 1
+            msg = (f"the arm starts outside the workspace box: {'; '.join(out)} (safety.workspace_min "
+                   f"{list(self.cfg.workspace_min)}, workspace_max {list(self.cfg.workspace_max)}, robot base frame); "
+                   f"refusing to start rather than jump into the box: move the arm inside or widen the box")
+            log.error(msg)
+            raise OutsideWorkspace(msg)
+        reasons: list[str] = []
+        self._last = self._clip_static(cmd, reasons)
+        if reasons:
+            log.warning("start: measured gripper width %.4f m clamped to [%g, %g] m", current[LAYOUT.width],
+                        self.cfg.gripper_min, self.cfg.gripper_max)
         self._v, self._w = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
         self._stale_since = None
+        return reasons
 
     def _note(self, reasons: list[str], reason: str) -> None:
         reasons.append(reason)
@@ -156,10 +223,16 @@ class SafetyLayer:
             res = self.hold("nonfinite_action")
             log.warning("rejected a non-finite action %s; holding", target)
             return res
+        try:
+            r_target = rot6d_to_mat3(cmd[LAYOUT.rotation])
+        except DegenerateRotation as e:
+            res = self.hold("degenerate_rotation")
+            log.warning("rejected an action with a degenerate rotation (%s); holding", e)
+            return res
         reasons: list[str] = []
         cmd = self._clip_static(cmd, reasons)
         cmd[LAYOUT.position] = self._limit_translation(cmd[LAYOUT.position], reasons)
-        cmd[LAYOUT.rotation] = self._limit_rotation(cmd[LAYOUT.rotation], reasons)
+        cmd[LAYOUT.rotation] = self._limit_rotation(r_target, reasons)
         self._last = cmd
         return SafetyResult(np.array(cmd), reasons)
 
@@ -179,10 +252,10 @@ class SafetyLayer:
         self._v = v
         return [last[i] + v[i] * dt for i in range(3)]
 
-    def _limit_rotation(self, r6: list[float], reasons: list[str]) -> list[float]:
+    def _limit_rotation(self, r_target: Mat3, reasons: list[str]) -> list[float]:
+        """``r_target``: the requested rotation as a row-major 3x3 (``rotation.Mat3``)."""
         dt, c, pw = self.dt, self.cfg, self._w
         r_last = rot6d_to_mat3(self._last[LAYOUT.rotation])
-        r_target = rot6d_to_mat3(r6)
         w = [x / dt for x in mat3_to_axis_angle(mat3_mul_t(r_target, r_last))]  # rad/s, base frame
         dw = [w[i] - pw[i] for i in range(3)]
         dw_norm = math.sqrt(dw[0] * dw[0] + dw[1] * dw[1] + dw[2] * dw[2])

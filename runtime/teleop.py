@@ -1,346 +1,87 @@
-"""The teleoperation loop: read robot + cameras + device -> integrate a target -> safety -> write -> record.
+"""``python -m runtime.teleop out=<demos.zarr>``: record demos by teleoperation (hydra: configs/teleop.yaml).
 
-It reads like the policy controller (``runtime.controller``): each tick at ``hz`` reads the robot and
-the newest camera frames, turns the device's velocity command into an absolute end-effector target,
-passes it through the ``SafetyLayer``, writes it, and, while the recorder is recording, records the
-observation with the command actually sent. Ticks are paced by sleeping to absolute deadlines
-``t0 + (i+1)*dt`` on the given clock; stale observations hold and then stop, as in the controller.
-
-The target is integrated from the *last command sent*, not from an internal setpoint: when the safety
-layer clips a target (workspace wall, speed limit) the clipped amount is not wound up, so moving back
-off a wall responds at once. Rotation rates compose in the base frame: ``R <- exp(w*dt) @ R``.
-
-Recorder events from the device: ``start``, ``keep`` (kept in the background so the loop never stalls
-on writing), ``discard``, ``record_toggle``; ``quit`` ends the session, ``estop`` stops at once. An
-unfinished episode is discarded and ``robot.stop()`` is called in ``finally:``. For a command line:
-``run_teleop(...)`` connects everything, installs the e-stop signal handlers and runs the loop.
+The command line only: the loop is ``runtime.teleop_loop``, which never imports this module (so
+``python -m runtime.teleop`` loads each module once). A fault ends the session with a one-line message
+on stderr and exit code 1; the kept episodes that were committed stay in the dataset.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
 import sys
-import threading
-from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from policy.keys import ACTION_LAYOUT as LAYOUT
-from policy import keys
-from runtime.clock import Clock, WallClock, wait_for_tick
-from runtime.controller import target_from_state
-from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState
+from runtime.clock import WallClock
 from runtime.estop import EStop
 from runtime.recorder import EpisodeRecorder
-from runtime.rotation import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix
-from runtime.safety import SafetyConfig, SafetyLayer, SafetyResult
-from runtime.teleop_devices import TeleopDevice, TeleopInput
-
-log = logging.getLogger("runtime.teleop")
-
-
-class TeleopError(RuntimeError):
-    """The session stopped because of a fault (robot or device driver, stale observations)."""
+from runtime.safety import SafetyConfig
+from runtime.teleop_devices import TeleopDevice
+from runtime.teleop_loop import TeleopConfig, TeleopError, run_teleop
 
 
 @dataclass
-class TeleopConfig:
-    hz: float = 10.0  # loop rate; the recorded dataset has one step per tick
-    gripper_open: float = 0.08  # m, width commanded by "open" (and by a toggle from closed)
-    gripper_closed: float = 0.0  # m, width commanded by "close"
-    keep_in_background: bool = True  # write kept episodes from a writer thread (a 60 s demo takes ~2 s)
-    max_device_errors: int = 3  # consecutive failed device reads (zero input, held) before the run stops
+class TeleopRunConfig:
+    """``configs/teleop.yaml``: record demos with ``python -m runtime.teleop out=<demos.zarr>``."""
+
+    out: str = ""  # the zarr replay buffer episodes are appended to (created if missing)
+    device: str = "keyboard"  # keyboard | spacemouse | spacemouse+keyboard (mouse moves, keys record)
+    keyboard: Any = None  # KeyboardConfig settings
+    spacemouse: Any = None  # SpaceMouseConfig settings
+    robot: dict[str, Any] = field(default_factory=lambda: {"type": "fake"})
+    cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    teleop: TeleopConfig = field(default_factory=TeleopConfig)
+    duration_s: float | None = None  # None: until quit / e-stop
+    max_queued_episodes: int = 2  # kept episodes waiting for the writer before a new recording is refused
 
     def __post_init__(self) -> None:
-        if not self.hz > 0:
-            raise ValueError(f"teleop.hz must be > 0, got {self.hz}")
-        if not 0 <= self.gripper_closed < self.gripper_open:
-            raise ValueError(f"teleop.gripper_closed/open must satisfy 0 <= closed < open, got "
-                             f"{self.gripper_closed}, {self.gripper_open}")
-        if self.max_device_errors < 1:
-            raise ValueError(f"teleop.max_device_errors must be >= 1, got {self.max_device_errors}")
+        if not self.out:
+            raise ValueError("out is empty: pass out=<path of the zarr dataset to record into>")
+        if self.device not in ("keyboard", "spacemouse", "spacemouse+keyboard"):
+            raise ValueError(f"device must be keyboard, spacemouse or spacemouse+keyboard, got {self.device!r}")
+        if self.max_queued_episodes < 1:
+            raise ValueError(f"max_queued_episodes must be >= 1 (episodes), got {self.max_queued_episodes}")
 
 
-@dataclass
-class TeleopResult:
-    """What a session did. ``interventions`` counts every safety and loop intervention by reason."""
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
 
-    ticks: int = 0
-    overruns: int = 0  # ticks skipped because the loop fell more than a period behind
-    episodes_kept: list[int] = field(default_factory=list)  # dataset episode indices
-    episodes_discarded: int = 0
-    steps_recorded: int = 0  # in kept episodes
-    interventions: Counter[str] = field(default_factory=Counter)
-    stop_reason: str = "running"  # quit|estop|stop_requested|completed|fault|driver_error|interrupted|error
-    stop_detail: str | None = None  # e.g. the e-stop reason "signal SIGTERM"
-    error: str | None = None
-    trace: list[np.ndarray] = field(default_factory=list)  # every command sent, when keep_trace
+    from policy.config_utils import from_dict
+    from runtime.factory import make_camera, make_robot
+    from runtime.teleop_devices import (
+        CombinedDevice,
+        KeyboardConfig,
+        KeyboardDevice,
+        SpaceMouseConfig,
+        SpaceMouseDevice,
+    )
 
-    def summary(self) -> dict[str, Any]:
-        return {"ticks": self.ticks, "overruns": self.overruns, "episodes_kept": len(self.episodes_kept),
-                "episodes_discarded": self.episodes_discarded, "steps_recorded": self.steps_recorded,
-                "interventions": dict(self.interventions), "stop_reason": self.stop_reason,
-                "stop_detail": self.stop_detail, "error": self.error}
-
-
-def integrate_target(sent: np.ndarray, inp: TeleopInput, dt: float, gripper: float) -> np.ndarray:
-    """Next absolute target (10,) from the last command ``sent`` (10,), velocities held for ``dt`` s,
-    and the gripper width ``gripper`` (m). Rotation composes in the base frame: exp(w*dt) @ R."""
-    target = np.asarray(sent, dtype=np.float64).copy()
-    target[LAYOUT.position] += inp.translation * dt
-    rot = rot6d_to_matrix(target[LAYOUT.rotation])  # (3, 3)
-    target[LAYOUT.rotation] = matrix_to_rot6d(axis_angle_to_matrix(inp.rotation * dt) @ rot)
-    target[LAYOUT.width] = gripper
-    return target
-
-
-class TeleopLoop:
-    """Drives ``robot`` from ``device`` at ``cfg.hz`` and records demos; same code on wall and sim clocks.
-
-    ``cameras`` maps observation keys (``scene_rgb``, ``wrist_rgb``) to cameras; the recorder's image
-    keys must all have one. ``stop_event`` is a ``threading.Event`` or an ``EStop`` (whose signal
-    handlers are then seen at the very next tick). ``recorder`` None: drive without recording.
-    """
-
-    def __init__(self, robot: Robot, cameras: Mapping[str, Camera], device: TeleopDevice, safety: SafetyLayer,
-                 clock: Clock, recorder: EpisodeRecorder | None = None, cfg: TeleopConfig | None = None,
-                 stop_event: threading.Event | EStop | None = None, keep_trace: bool = False):
-        self.robot, self.cameras, self.device, self.safety, self.clock = robot, dict(cameras), device, safety, clock
-        self.recorder = recorder
-        self.cfg = cfg or TeleopConfig()
-        self.dt = 1.0 / self.cfg.hz
-        if abs(self.safety.dt - self.dt) > 1e-9:
-            raise ValueError(f"safety layer dt {self.safety.dt} differs from the teleop period {self.dt}")
-        if recorder is not None:
-            missing = [k for k in recorder.image_keys if k not in self.cameras]
-            if missing:
-                raise ValueError(f"the recorder records {missing} but no camera is configured for them "
-                                 f"(cameras: {sorted(self.cameras)})")
-        self.estop = stop_event if isinstance(stop_event, EStop) else None
-        self.stop_event = stop_event.event if isinstance(stop_event, EStop) else (stop_event or threading.Event())
-        self.keep_trace = keep_trace
-        self.result = TeleopResult()
-        self._frames: dict[str, CameraFrame] = {}
-        self._sent: np.ndarray | None = None  # (10,) last command sent
-        self._gripper = self.cfg.gripper_open  # m, gripper width target
-        self._device_errors = 0
-
-    # ---------------------------------------------------------------- one tick
-
-    def _note(self, reason: str) -> None:
-        self.result.interventions[reason] += 1
-
-    def _read(self, now: float) -> tuple[RobotState, dict[str, float], dict[str, np.ndarray]]:
-        """Robot state, seconds since each source updated, and the observation for the recorder."""
-        state = self.robot.read()  # a DriverError here ends the run
-        ages = {"robot": now - state.timestamp}
-        for key, cam in self.cameras.items():
-            try:
-                self._frames[key] = cam.read()
-            except DriverError as e:  # a dead camera: keep its last frame, let the staleness check judge
-                log.warning("camera %s: %s", key, e)
-            frame = self._frames.get(key)
-            ages[key] = now - frame.timestamp if frame is not None else math.inf
-        obs = {keys.EE_POSE: state.ee_pose, keys.GRIPPER: state.gripper}
-        obs.update({key: frame.image for key, frame in self._frames.items()})
-        return state, ages, obs
-
-    def _read_device(self) -> TeleopInput:
-        """The device input; zero motion on a failed read, a TeleopError after too many in a row."""
+    @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "configs"), config_name="teleop",
+                version_base="1.3")
+    def _main(dcfg: DictConfig) -> None:
+        cfg = from_dict(TeleopRunConfig, OmegaConf.to_container(dcfg, resolve=True))
+        clock, estop = WallClock(), EStop()
+        kb_cfg = from_dict(KeyboardConfig, cfg.keyboard or {}, "keyboard")
+        devices: list[TeleopDevice] = []
+        if "spacemouse" in cfg.device:
+            devices.append(SpaceMouseDevice(from_dict(SpaceMouseConfig, cfg.spacemouse or {}, "spacemouse")))
+        if "keyboard" in cfg.device:
+            devices.append(KeyboardDevice(kb_cfg, clock.now, estop=estop))
+        device = devices[0] if len(devices) == 1 else CombinedDevice(*devices)
+        recorder = EpisodeRecorder(cfg.out, tuple(cfg.cameras), max_queued=cfg.max_queued_episodes)
         try:
-            inp = self.device.read()
-        except DriverError as e:
-            self._device_errors += 1
-            self._note("device_error")
-            log.error("teleop device %s: %s (%d in a row)", self.device.name, e, self._device_errors)
-            if self._device_errors >= self.cfg.max_device_errors:
-                raise TeleopError(f"teleop device failed {self._device_errors} times in a row: {e}") from e
-            return TeleopInput()
-        self._device_errors = 0
-        return inp
-
-    def _events(self, events: tuple[str, ...]) -> str | None:
-        """Apply recorder and session events; returns a stop reason for ``quit``/``estop``."""
-        rec = self.recorder
-        for ev in events:
-            if ev == "quit":
-                return "quit"
-            if ev == "estop":
-                if self.estop is not None:
-                    self.estop.trigger("device estop")
-                self.stop_event.set()
-                return "estop"
-            if rec is None:
-                log.info("event %r ignored: no recorder", ev)
-                continue
-            if ev == "record_toggle":
-                ev = "keep" if rec.recording else "start"
-            if ev == "start":
-                if rec.recording:
-                    log.info("already recording (%d steps); keep or discard first", rec.n_steps)
-                else:
-                    rec.start()
-                    log.info("recording episode %d", rec.n_episodes)
-            elif ev == "keep":
-                self._keep()
-            elif ev == "discard" and rec.recording:
-                rec.discard()
-                self.result.episodes_discarded += 1
-        return None
-
-    def _keep(self) -> None:
-        rec = self.recorder
-        if rec is None or not rec.recording:
-            log.info("keep ignored: not recording")
-            return
-        n = rec.n_steps
-        if n == 0:
-            rec.discard()
-            self.result.episodes_discarded += 1
-            log.warning("keep: the episode has no steps; discarded")
-            return
-        index = rec.stop_and_keep(wait=not self.cfg.keep_in_background)
-        self.result.episodes_kept.append(index)
-        self.result.steps_recorded += n
-
-    def _apply_gripper(self, command: str | None) -> None:
-        """Update the gripper width target (m); a toggle goes to the width it is farther from."""
-        is_open = self._gripper > 0.5 * (self.cfg.gripper_open + self.cfg.gripper_closed)
-        if command == "open" or (command == "toggle" and not is_open):
-            self._gripper = self.cfg.gripper_open
-        elif command in ("close", "toggle"):
-            self._gripper = self.cfg.gripper_closed
-
-    def _command(self, inp: TeleopInput, ages: dict[str, float], now: float) -> SafetyResult:
-        """Hold on stale observations, otherwise the integrated target through the safety layer."""
-        res = self.safety.check_staleness(ages, now)
-        if res is not None:
-            return res
-        return self.safety.check(integrate_target(self._sent, inp, self.dt, self._gripper))
-
-    def _record(self, obs: dict[str, np.ndarray], sent: np.ndarray, now: float) -> None:
-        rec = self.recorder
-        if rec is None or not rec.recording:
-            return
-        try:
-            rec.add_step(obs, sent, now)
-        except ValueError as e:  # a bad frame spoils the demo: drop it, keep teleoperating
-            rec.discard()
-            self.result.episodes_discarded += 1
-            self._note("bad_step_discarded")
-            log.error("recording a step failed (%s); the episode was discarded", e)
-
-    # ---------------------------------------------------------------- loop
-
-    def _stop_requested(self) -> bool:
-        return self.stop_event.is_set() or (self.estop is not None and self.estop.triggered)
-
-    def run(self, max_ticks: int | None = None, duration_s: float | None = None) -> TeleopResult:
-        """Run until ``quit``, the stop event, ``max_ticks``/``duration_s`` (None: no limit), or a fault.
-
-        Faults (robot driver errors, a failing device, observations stale for too long) raise
-        ``TeleopError`` after the robot has been stopped; the counts are in ``self.result``.
-        """
-        n_ticks = max_ticks if max_ticks is not None else (
-            math.ceil(duration_s * self.cfg.hz) if duration_s is not None else None)
-        r = self.result
-        try:
-            start = self.robot.read()
-            self._sent = target_from_state(start)
-            self._gripper = float(np.clip(start.gripper[0], self.cfg.gripper_closed, self.cfg.gripper_open))
-            self.safety.reset(self._sent)
-            t0 = self.clock.now()
-            tick = 0
-            while n_ticks is None or tick < n_ticks:
-                if self._stop_requested():
-                    r.stop_reason = "stop_requested"
-                    r.stop_detail = self.estop.reason if self.estop is not None else None
-                    break
-                now = self.clock.now()
-                _, ages, obs = self._read(now)
-                inp = self._read_device()
-                stop = self._events(inp.events)
-                if stop is not None:
-                    r.stop_reason = stop
-                    r.stop_detail = self.estop.reason if self.estop is not None and stop == "estop" else None
-                    break
-                self._apply_gripper(inp.gripper)
-                res = self._command(inp, ages, now)
-                r.interventions.update(res.reasons)
-                if res.stop:
-                    raise TeleopError(f"observations stale for too long ({res.reasons}); stopped")
-                sent = np.asarray(self.robot.write(res.command), dtype=np.float64)
-                self._sent = sent
-                r.ticks += 1
-                if self.keep_trace:
-                    r.trace.append(sent.copy())
-                self._record(obs, sent, now)
-                tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)
-                r.overruns += skipped
-            else:
-                r.stop_reason = "completed"
+            result = run_teleop(make_robot(cfg.robot, clock.now),
+                                {k: make_camera(v, clock.now) for k, v in cfg.cameras.items()}, device,
+                                recorder, cfg.teleop, cfg.safety, clock, estop, duration_s=cfg.duration_s)
         except TeleopError as e:
-            r.stop_reason, r.error = "fault", str(e)
-            raise
-        except DriverError as e:
-            r.stop_reason, r.error = "driver_error", str(e)
-            raise TeleopError(f"driver error: {e}") from e
-        except KeyboardInterrupt:
-            r.stop_reason = "interrupted"
-            raise
-        except Exception as e:  # e.g. the recorder could not write a kept episode
-            r.stop_reason, r.error = "error", repr(e)
-            raise
-        finally:
-            try:
-                self.robot.stop()
-            except Exception as e:  # noqa: BLE001 - stopping must not mask the original error
-                log.error("robot.stop() failed: %r", e)
-            if self.recorder is not None and self.recorder.recording:
-                n = self.recorder.discard()
-                r.episodes_discarded += 1
-                log.warning("discarded the unfinished episode (%d steps) at the end of the session", n)
-        if self.recorder is not None:
-            self.recorder.flush()  # kept episodes are on disk when run() returns
-        log.info("teleop finished: %s", r.summary())
-        return r
+            sys.exit(f"teleop stopped: {e} (committed episodes: {recorder.committed})")
+        print(result.summary())
+
+    _main()
 
 
-def run_teleop(robot: Robot, cameras: Mapping[str, Camera], device: TeleopDevice,
-               recorder: EpisodeRecorder | None, cfg: TeleopConfig | None = None,
-               safety_cfg: SafetyConfig | None = None, clock: Clock | None = None, estop: EStop | None = None,
-               max_ticks: int | None = None, duration_s: float | None = None) -> TeleopResult:
-    """Connect the device, cameras and robot, install SIGINT/SIGTERM e-stop handlers (main thread only),
-    run a ``TeleopLoop`` until quit or e-stop, then close everything (robot first) and the recorder.
-
-    A keyboard device given the same ``estop`` makes ESC stop at once. Returns the session's counts.
-    """
-    cfg = cfg or TeleopConfig()
-    clock = clock or WallClock()
-    estop = estop or EStop()
-    with contextlib.ExitStack() as stack:  # closes in reverse: robot, cameras, device, recorder, handlers
-        if threading.current_thread() is threading.main_thread():
-            stack.enter_context(estop)
-        stack.callback(sys.setswitchinterval, sys.getswitchinterval())
-        sys.setswitchinterval(0.001)  # the loop waits <= 1 ms for the GIL held by the episode writer thread
-        if recorder is not None:
-            stack.callback(recorder.close)
-        stack.enter_context(device)
-        for cam in cameras.values():
-            stack.enter_context(cam)
-        stack.enter_context(robot)
-        loop = TeleopLoop(robot, cameras, device, SafetyLayer(safety_cfg or SafetyConfig(), 1.0 / cfg.hz), clock,
-                          recorder, cfg, stop_event=estop)
-        return loop.run(max_ticks=max_ticks, duration_s=duration_s)
-
-
-
-if __name__ == "__main__":  # python -m runtime.teleop: the hydra command line lives in runtime.teleop_cli
-    from runtime.teleop_cli import main
-
+if __name__ == "__main__":
     main()
+

@@ -45,34 +45,34 @@ def test_non_finite_actions_are_rejected_and_the_robot_holds(bad):
 
 
 def test_workspace_box_clips_position():
-    layer = _layer(workspace_min=(0.0, -0.5, 0.25), workspace_max=(0.5, 0.5, 0.6), max_speed=100, max_accel=1e4)
+    layer = _layer(workspace_min=(0.0, -0.5, 0.25), workspace_max=(0.5, 0.5, 0.6), max_speed=3, max_accel=50)
     res = layer.check(_moved(dz=-0.2))  # z = 0.1, below the table limit 0.25
     assert "workspace" in res.reasons and res.command[2] == pytest.approx(0.25)
 
 
 def test_speed_is_limited_per_tick():
-    layer = _layer(max_speed=0.25, max_accel=1e4)
+    layer = _layer(max_speed=0.25, max_accel=50)
     res = layer.check(_moved(dx=0.1))  # 1 m/s requested
     assert "speed" in res.reasons
     assert np.linalg.norm(res.command[:3] - HOME[:3]) == pytest.approx(0.25 * DT)
 
 
 def test_acceleration_is_limited_per_tick():
-    layer = _layer(max_speed=10, max_accel=1.0)
+    layer = _layer(max_speed=3, max_accel=1.0)
     res = layer.check(_moved(dx=0.02))  # from rest to 0.2 m/s in one tick = 2 m/s^2
     assert "accel" in res.reasons
     assert res.command[0] - HOME[0] == pytest.approx(1.0 * DT * DT)  # v = a*dt, moved v*dt
 
 
 def test_rotational_speed_is_limited():
-    layer = _layer(max_rot_speed=0.5, max_rot_accel=1e4)
+    layer = _layer(max_rot_speed=0.5, max_rot_accel=100)
     res = layer.check(_moved(rot=[0, 0, 0.5]))  # 5 rad/s requested
     assert "rot_speed" in res.reasons
     assert rotation_angle(rot6d_to_matrix(res.command[3:9])) == pytest.approx(0.05, abs=1e-9)
 
 
 def test_rotational_acceleration_is_limited():
-    layer = _layer(max_rot_speed=100, max_rot_accel=2.0)
+    layer = _layer(max_rot_speed=6, max_rot_accel=2.0)
     res = layer.check(_moved(rot=[0.1, 0, 0]))  # 1 rad/s from rest in one tick = 10 rad/s^2
     assert "rot_accel" in res.reasons
     assert rotation_angle(rot6d_to_matrix(res.command[3:9])) == pytest.approx(2.0 * DT * DT, abs=1e-9)
@@ -98,7 +98,7 @@ def test_stale_observation_holds_then_stops():
 
 
 def test_interventions_are_counted_by_reason():
-    layer = _layer(max_speed=0.25, max_accel=1e4)
+    layer = _layer(max_speed=0.25, max_accel=50)
     for _ in range(3):
         layer.check(_moved(dx=1.0))
     layer.hold("underrun")

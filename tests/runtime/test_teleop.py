@@ -20,7 +20,7 @@ from runtime.estop import EStop
 from runtime.recorder import EpisodeRecorder
 from runtime.rotation import matrix_to_axis_angle, rot6d_to_matrix
 from runtime.safety import SafetyConfig, SafetyLayer
-from runtime.teleop import TeleopConfig, TeleopError, TeleopLoop, integrate_target, run_teleop
+from runtime.teleop_loop import TeleopConfig, TeleopError, TeleopLoop, integrate_target, run_teleop
 from runtime.teleop_devices import (
     CombinedDevice,
     KeyboardConfig,
@@ -51,7 +51,8 @@ def setup(inputs, recorder_path=None, safety_cfg=None, start=START, cameras=None
     for cam in cams.values():
         cam.connect()
     device = inputs if isinstance(inputs, TeleopDevice) else ScriptedDevice(inputs)
-    recorder = EpisodeRecorder(recorder_path) if recorder_path is not None else None
+    # the simulated clock outruns the writer thread: let every kept episode queue (back-pressure: test_faults)
+    recorder = EpisodeRecorder(recorder_path, max_queued=100) if recorder_path is not None else None
     loop = TeleopLoop(robot, cams, device, SafetyLayer(safety_cfg or SafetyConfig(), DT), clock, recorder,
                       TeleopConfig(hz=1 / DT), stop_event=stop_event, keep_trace=True)
     return loop, robot, clock
