@@ -242,6 +242,11 @@ class ChildProcessWorker(InferenceWorker):
         return self._proc.pid
 
     @property
+    def alive(self) -> bool:
+        """Whether the child process is still running."""
+        return self._proc.is_alive()
+
+    @property
     def busy(self) -> bool:
         return self._pending is not None or self._dead is not None
 
