@@ -22,6 +22,7 @@ space, and ``timestamp`` = t / gym.control_hz. ``demonstrator`` also replaces a 
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import time
@@ -96,13 +97,14 @@ class CollectConfig:
 
 # ----------------------------------------------------------------- worker side
 
-_W: dict[str, Any] = {}
+@functools.cache
+def collect_worker(cfg_json: str) -> tuple[CollectConfig, Any]:
+    """The process's (config, env) for ``cfg_json`` (``CollectConfig`` as JSON), built on its first episode
+    (where errors reach the parent; an exception in a pool initializer would respawn workers forever)."""
+    from policy.config_utils import from_dict
 
-
-def _init_worker(cfg_dict: dict[str, Any]) -> None:
-    """Pool initializer: remember what to build (an exception in an initializer would make the pool
-    respawn workers forever, so the env is built on the first episode, where errors reach the parent)."""
-    _W.update(cfg_dict=cfg_dict)
+    cfg = from_dict(CollectConfig, json.loads(cfg_json))
+    return cfg, make_collect_env(cfg)
 
 
 def make_collect_env(cfg: CollectConfig) -> Any:
@@ -135,19 +137,16 @@ def rollout_episode(env: Any, seed: int, demo: Any = None) -> tuple[int, bool, d
     return seed, bool(res["success"]), episode
 
 
-def _collect_one(seed: int) -> tuple[int, bool, dict[str, np.ndarray]]:
-    if "env" not in _W:
-        from policy.config_utils import from_dict
-
-        cfg = from_dict(CollectConfig, _W["cfg_dict"])
-        _W.update(cfg=cfg, env=make_collect_env(cfg))
-    cfg = _W["cfg"]
+def collect_one(job: tuple[int, str]) -> tuple[int, bool, dict[str, np.ndarray]]:
+    """Pool job: the demonstration of seed ``job[0]`` on this process's ``collect_worker(job[1])``."""
+    seed, cfg_json = job
+    cfg, env = collect_worker(cfg_json)
     demo = None
     if cfg.demonstrator:
         from sim.gym_adapter import load_callable
 
-        demo = load_callable(cfg.demonstrator, "demonstrator")(_W["env"])
-    return rollout_episode(_W["env"], seed, demo)
+        demo = load_callable(cfg.demonstrator, "demonstrator")(env)
+    return rollout_episode(env, seed, demo)
 
 
 def episode_spec(cfg: CollectConfig) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -249,8 +248,9 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     name = cfg.gym.id if cfg.task == GYM else cfg.task
     bar = tqdm(total=len(seeds), desc=f"collect {name}", unit="ep", disable=not progress)
     try:
-        with ctx.Pool(min(cfg.workers, len(seeds)), initializer=_init_worker, initargs=(to_dict(cfg),)) as pool:
-            for seed, success, episode in pool.imap_unordered(_collect_one, seeds):
+        cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
+        with ctx.Pool(min(cfg.workers, len(seeds))) as pool:
+            for seed, success, episode in pool.imap_unordered(collect_one, [(s, cfg_json) for s in seeds]):
                 pending[seed] = (success, episode)
                 while seeds[len(done)] in pending:  # append in seed order
                     s = seeds[len(done)]

@@ -6,6 +6,10 @@ clock's ``now``. ``SimCamera`` returns the robot's last rendered frame of one vi
 after a ``write`` at clock time t is the state at t + dt (the control period), so frames are stamped
 t + dt, never later than ``now`` (on a ``SimClock`` the next tick reads them at age 0).
 
+Evaluation gives the robot an ``EpisodeOutcome``: each step's success and score are recorded there, and
+its ``stop`` event (the controller's stop event) is set at the first success. ``task_drivers`` builds the
+robot, cameras and safety layer of one evaluation episode.
+
 Hydra/``runtime.factory`` plug-in: ``robot: {factory: "sim.drivers:make_sim_robot", task: pick_place,
 seed: 0, ...task config}`` and, for each camera, ``{factory: "sim.drivers:make_sim_camera", view:
 scene_rgb}``. The cameras find the robot by ``name`` (default ``sim``), so the robot is built first.
@@ -14,30 +18,67 @@ scene_rgb}``. The cameras find the robot by ``name`` (default ``sim``), so the r
 from __future__ import annotations
 
 import math
+import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from policy import keys
 from runtime.drivers.base import Camera, CameraFrame, DriverError, Robot, RobotState, check_target
+from runtime.safety import SafetyConfig, SafetyLayer
 from sim.env import TableTopEnv
+from sim.report import side_by_side
 
 Now = Callable[[], float]
 _ROBOTS: weakref.WeakValueDictionary[str, SimRobot] = weakref.WeakValueDictionary()
 
 
+@dataclass
+class EpisodeOutcome:
+    """What an evaluation episode has shown so far: ``steps`` env steps, ``success`` at any of them, the best
+    ``score``. ``stop`` (the controller's stop event) is set at the first success or when the env ends the
+    episode. With ``frames`` a list, each observation's camera views side by side are kept, (H, n*W, 3)."""
+
+    steps: int = 0
+    score: float = 0.0
+    success: bool = False
+    frames: list[np.ndarray] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, info: Mapping[str, Any], obs: Mapping[str, np.ndarray]) -> None:
+        """The reset's info and observation (no step counted)."""
+        self.score = float(info.get("score", 0.0))
+        self._keep(obs)
+
+    def record(self, info: Mapping[str, Any], obs: Mapping[str, np.ndarray], ended: bool = False) -> None:
+        """One env step's info and observation; ``ended``: the env ended the episode."""
+        self.steps += 1
+        self.score = max(self.score, float(info.get("score", 0.0)))
+        self.success = self.success or bool(info.get("is_success"))
+        if self.success or ended:
+            self.stop.set()
+        self._keep(obs)
+
+    def _keep(self, obs: Mapping[str, np.ndarray]) -> None:
+        if self.frames is not None and (frame := side_by_side(obs)) is not None:
+            self.frames.append(frame)
+
+
 class SimRobot(Robot):
     """A simulated arm: one env step per ``write``. ``info`` holds the last step's info (``is_success``,
-    ``score``); ``reset(seed)`` starts a new episode. ``close()`` closes the env if ``owns_env``."""
+    ``score``), also recorded into ``outcome`` if given; ``reset(seed)`` starts a new episode. ``close()``
+    closes the env if ``owns_env``."""
 
     name = "sim_robot"
 
-    def __init__(self, env: TableTopEnv, now: Now = time.monotonic, seed: int | None = None, owns_env: bool = False):
+    def __init__(self, env: TableTopEnv, now: Now = time.monotonic, seed: int | None = None, owns_env: bool = False,
+                 outcome: EpisodeOutcome | None = None):
         super().__init__(now)
-        self.env, self.seed, self.owns_env = env, seed, owns_env
+        self.env, self.seed, self.owns_env, self.outcome = env, seed, owns_env, outcome
         self.dt = 1.0 / env.cfg.control_hz
         self.frame_time = -math.inf  # clock time the last rendered frames show
         self.info: dict[str, Any] = {}
@@ -82,8 +123,10 @@ class SimRobot(Robot):
             raise DriverError(f"{self.name}: stopped, refusing commands (reset() starts a new episode)")
         t = self.now()
         sent = self.env.clip_action(target)
-        _, _, _, _, self.info = self.env.step(sent)
+        obs, _, _, _, self.info = self.env.step(sent)
         self.frame_time = t + self.dt
+        if self.outcome is not None:
+            self.outcome.record(self.info, obs)
         return sent
 
     def stop(self) -> None:
@@ -123,6 +166,15 @@ class SimCamera(FrameCamera):
         if view not in keys.IMAGE_KEYS:
             raise ValueError(f"view must be one of {keys.IMAGE_KEYS}, got {view!r}")
         super().__init__(robot, view, now, f"sim_camera[{view}]")
+
+
+def task_drivers(env: TableTopEnv, obs_keys: Collection[str], safety: SafetyConfig, now: Now,
+                 outcome: EpisodeOutcome) -> tuple[SimRobot, dict[str, SimCamera], SafetyLayer]:
+    """Robot (recording into ``outcome``), the cameras of the views in ``obs_keys`` and the safety layer of one
+    evaluation episode on a task env."""
+    robot = SimRobot(env, now, outcome=outcome)
+    cams = {k: SimCamera(robot, k) for k in keys.IMAGE_KEYS if k in obs_keys}
+    return robot, cams, SafetyLayer(safety, 1.0 / env.cfg.control_hz)
 
 
 def make_sim_robot(params: Mapping[str, Any], now: Now) -> SimRobot:

@@ -23,6 +23,7 @@ its safety layer is reduced to the mapped action bounds (``safety`` in eval.json
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -34,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from policy import keys
 from runtime.controller import ControllerConfig, ControllerError
 from runtime.safety import SafetyConfig
 from sim.gym_adapter import GymConfig
@@ -119,18 +119,22 @@ def eval_seeds(first: int, n: int, exclude: set[int]) -> list[int]:
 
 # ----------------------------------------------------------------- worker side
 
-_W: dict[str, Any] = {}
+FAULT_REASONS = ("fault", "driver_error")  # controller stop reasons that end an episode as failed
 
 
-def _init_worker(cfg_dict: dict[str, Any], task: str) -> None:
-    """Pool initializer: remember what to load (an exception in an initializer would make the pool
-    respawn workers forever, so the policy and env are built on the first episode, where errors reach
-    the parent)."""
-    _W.update(cfg_dict=cfg_dict, task=task)
+@dataclass
+class EvalWorker:
+    """What one evaluation process holds: its config, the policy (loaded once) and the env (built once)."""
+
+    cfg: EvalConfig
+    policy: Any
+    env: Any
 
 
-def _load_worker() -> None:
-    """Load the policy and build the env once per process."""
+@functools.cache
+def eval_worker(cfg_json: str, task: str) -> EvalWorker:
+    """The process's ``EvalWorker`` for ``cfg_json`` (``EvalConfig`` as JSON) and ``task``, built on its first
+    episode (where errors reach the parent; an exception in a pool initializer would respawn workers forever)."""
     import torch
 
     from policy.config_utils import from_dict
@@ -138,113 +142,86 @@ def _load_worker() -> None:
     from sim.gym_adapter import make_gym_env
     from sim.tasks import make_env
 
-    cfg = from_dict(EvalConfig, _W["cfg_dict"])
+    cfg = from_dict(EvalConfig, json.loads(cfg_json))
     torch.set_num_threads(max(1, cfg.num_threads))
     logging.getLogger("runtime.controller").setLevel(logging.ERROR)  # underruns are counted, not printed
     policy = Policy.from_pretrained(cfg.checkpoint, cfg.device, cfg.num_inference_steps)
     size = (int(policy.cfg.image_shape[0]), int(policy.cfg.image_shape[1]))
-    env = make_gym_env(cfg.gym, size) if _W["task"] == "gym" else \
-        make_env(_W["task"], {"image_height": size[0], "image_width": size[1], **cfg.env})
-    _W.update(cfg=cfg, policy=policy, env=env)
+    env = make_gym_env(cfg.gym, size) if task == "gym" else \
+        make_env(task, {"image_height": size[0], "image_width": size[1], **cfg.env})
+    return EvalWorker(cfg, policy, env)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One episode for a pool worker: its ``index``, ``seed``, whether to ``record`` a video, and the worker
+    it runs on (``cfg_json``, ``task``: see ``eval_worker``)."""
+
+    index: int
+    seed: int
+    record: bool
+    cfg_json: str
+    task: str
+
+
+def run_job(job: EvalJob) -> dict[str, Any]:
+    w = eval_worker(job.cfg_json, job.task)
+    return {**run_episode(w.env, w.policy, w.cfg, job.seed, job.record), "index": job.index}
 
 
 def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool = False,
                 clock: Any = None) -> dict[str, Any]:
     """One evaluation episode on ``env`` from ``seed`` through the runtime controller on a SimClock.
 
-    Returns a record: seed, success, score (max over the episode), steps, controller counters, error
-    (a controller fault ends the episode as a failure) and, if ``record``, ``frames`` (T, H, 2W, 3) uint8.
-    ``clock``: a fresh ``SimClock`` to run on (default: a new one).
+    The robot records each step into an ``EpisodeOutcome``, whose stop event ends the run at the first
+    success (or when a mapped env ends the episode). Returns a record: seed, success, score (max over the
+    episode), steps, controller counters, ``stop_reason`` and ``error`` (a controller fault ends the episode
+    as a failure, with its reason) and, if ``record``, ``frames`` (T, H, 2W, 3) uint8. ``clock``: a fresh
+    ``SimClock`` to run on (default: a new one).
     """
-    import threading
-
     import torch
 
     from runtime.clock import SimClock
     from runtime.controller import Controller
     from runtime.inference import SimulatedLatencyWorker
+    from sim.drivers import EpisodeOutcome, task_drivers
     from sim.gym_adapter import GymAdapter
+    from sim.gym_drivers import gym_drivers
 
     torch.manual_seed(seed)  # the sampler's noise: the same episode for the same seed
     clock = clock if clock is not None else SimClock()
-    stop = threading.Event()
-    frames: list[np.ndarray] = []
-    best = {"score": 0.0, "success": False, "steps": 0}
-
-    def on_step(info: dict[str, Any], obs: dict[str, np.ndarray], ended: bool = False) -> None:
-        best["steps"] += 1
-        best["score"] = max(best["score"], float(info.get("score", 0.0)))
-        if info.get("is_success"):
-            best["success"] = True
-            stop.set()
-        if ended:  # the env ended the episode (a mapped env's terminated/truncated)
-            stop.set()
-        if record and (frame := _side_by_side(obs)) is not None:
-            frames.append(frame)
-
+    outcome = EpisodeOutcome(frames=[] if record else None)  # the robot records each step here
     gym_env = isinstance(env, GymAdapter)
     if gym_env:
-        from sim.gym_drivers import gym_drivers
-
-        robot, cams, safety = gym_drivers(env, policy, cfg.safety, clock.now, on_step)
+        robot, cams, safety = gym_drivers(env, policy, cfg.safety, clock.now, outcome)
     else:
-        robot, cams, safety = _task_drivers(env, policy, cfg.safety, clock.now, on_step)
-    _, info = robot.reset(seed)
-    best["score"] = float(info.get("score", 0.0))
-    if record and (frame := _side_by_side(env.last_obs)) is not None:
-        frames.append(frame)
+        robot, cams, safety = task_drivers(env, policy.obs_keys, cfg.safety, clock.now, outcome)
+    outcome.start(robot.reset(seed)[1], env.last_obs)
     worker = SimulatedLatencyWorker(policy, clock, cfg.latency_s)
     ctrl_cfg = ControllerConfig(**{**asdict(cfg.controller), "hz": env.cfg.control_hz})
-    error = None
     robot.connect()
     for cam in cams.values():
         cam.connect()
-    ctrl = Controller(robot, cams, worker, safety, clock, ctrl_cfg, stop_event=stop)
+    ctrl = Controller(robot, cams, worker, safety, clock, ctrl_cfg, stop_event=outcome.stop)
     try:
-        ctrl.run(max_ticks=cfg.max_steps or env.cfg.max_episode_steps)
+        m = ctrl.run(max_ticks=cfg.max_steps or env.cfg.max_episode_steps)
     except ControllerError as e:
-        error = str(e)
-    if gym_env and best["steps"]:
+        m = ctrl.metrics
+        m.error = m.error or str(e)
+        m.stop_reason = m.stop_reason if m.stop_reason in FAULT_REASONS else "fault"
+    faulted = m.stop_reason in FAULT_REASONS
+    if faulted:
+        log.warning("episode seed %d: %s (%s); counted as failed", seed, m.stop_reason, m.error)
+    elif gym_env and outcome.steps:
         env.check_reported()  # a success_key/score_key that never appeared: a typo, not a failure
-    m = ctrl.metrics
     lat = np.asarray(m.inference_latency_s, dtype=np.float64)
-    rec = {"seed": seed, "success": best["success"], "score": round(best["score"], 4), "steps": best["steps"],
-           "underruns": m.underruns, "chunks": m.chunks_received, "inference_failures": m.inference_failures,
-           "interventions": dict(m.interventions), "inference_ms_mean": round(float(lat.mean()) * 1e3, 3)
-           if lat.size else None, "error": error}
-    if record and frames:
-        rec["frames"] = np.stack(frames)
-    return rec
-
-
-def _task_drivers(env: Any, policy: Any, safety: SafetyConfig, now: Any, on_step: Any) -> tuple[Any, dict, Any]:
-    """SimRobot (calling ``on_step(info, obs)`` after each step), cameras and safety layer of a task env."""
-    from runtime.safety import SafetyLayer
-    from sim.drivers import SimCamera, SimRobot
-
-    class _Robot(SimRobot):
-        def write(self, target: np.ndarray) -> np.ndarray:
-            sent = super().write(target)
-            on_step(self.info, self.env.last_obs)
-            return sent
-
-    robot = _Robot(env, now)
-    cams = {k: SimCamera(robot, k) for k in keys.IMAGE_KEYS if k in policy.obs_keys}
-    return robot, cams, SafetyLayer(safety, 1.0 / env.cfg.control_hz)
-
-
-def _side_by_side(obs: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The camera images of ``obs`` side by side (H, n*W, 3) (scene | wrist); None without any."""
-    views = [obs[k] for k in keys.IMAGE_KEYS if k in obs]
-    return np.concatenate(views, axis=1) if views else None
-
-
-def _eval_one(job: tuple[int, int, bool]) -> dict[str, Any]:
-    index, seed, record = job
-    if "env" not in _W:
-        _load_worker()
-    rec = run_episode(_W["env"], _W["policy"], _W["cfg"], seed, record)
-    rec["index"] = index
+    rec = {"seed": seed, "success": outcome.success and not faulted, "score": round(outcome.score, 4),
+           "steps": outcome.steps, "underruns": m.underruns, "chunks": m.chunks_received,
+           "inference_failures": m.inference_failures, "interventions": dict(m.interventions),
+           "inference_ms_mean": round(float(lat.mean()) * 1e3, 3) if lat.size else None,
+           "stop_reason": m.stop_reason, "error": (m.error or m.stop_reason) if faulted else None}
+    if outcome.frames:
+        rec["frames"] = np.stack(outcome.frames)
     return rec
 
 
@@ -297,7 +274,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else ckpt / "eval"
     out.mkdir(parents=True, exist_ok=True)
     seeds = eval_seeds(cfg.seed, cfg.episodes, set(collected))
-    jobs = [(i, s, i < cfg.videos) for i, s in enumerate(seeds)]
+    cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
+    jobs = [EvalJob(i, s, i < cfg.videos, cfg_json, task) for i, s in enumerate(seeds)]
     records: list[dict[str, Any]] = []
     videos: list[str] = []
     t0 = time.perf_counter()
@@ -306,8 +284,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     bar = tqdm(total=len(jobs), desc=f"evaluate {name}", unit="ep", disable=not cfg.progress)
     n_workers = min(cfg.workers, len(jobs))
     try:
-        with ctx.Pool(n_workers, initializer=_init_worker, initargs=(to_dict(cfg), task)) as pool:
-            for rec in pool.imap_unordered(_eval_one, jobs):
+        with ctx.Pool(n_workers) as pool:
+            for rec in pool.imap_unordered(run_job, jobs):
                 frames = rec.pop("frames", None)
                 if frames is not None:
                     fps = cfg.gym.control_hz if task == "gym" else float(cfg.env.get("control_hz", 10.0))

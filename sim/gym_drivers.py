@@ -22,7 +22,7 @@ from policy import keys
 from policy.config_utils import need
 from runtime.drivers.base import CameraFrame, DriverError, Robot, RobotState
 from runtime.safety import SafetyConfig, SafetyLayer, SafetyResult
-from sim.drivers import FrameCamera
+from sim.drivers import EpisodeOutcome, FrameCamera
 from sim.gym_adapter import GymAdapter, GymConfig
 
 log = logging.getLogger("sim.gym_drivers")
@@ -77,13 +77,13 @@ class GymRobot(Robot):
     sent (at first the hold action) in ``RobotState.ee_pose`` with an empty ``gripper``: the controller takes
     its start target and first action history from the robot state; the observations the policy sees come
     from ``GymSensor`` channels (one per mapped key), which the controller puts over the robot's keys.
-    ``on_step(info, obs, ended)`` is called after every step."""
+    Each step's info (and whether the env ended the episode) is recorded into ``outcome`` if given."""
 
     name = "gym_robot"
 
-    def __init__(self, env: GymAdapter, now: Callable[[], float], on_step: Callable[..., None] | None = None):
+    def __init__(self, env: GymAdapter, now: Callable[[], float], outcome: EpisodeOutcome | None = None):
         super().__init__(now)
-        self.env, self.on_step = env, on_step
+        self.env, self.outcome = env, outcome
         self.dt = 1.0 / env.cfg.control_hz
         self.frame_time = -math.inf
         self.command = env.hold_action.copy()
@@ -115,8 +115,8 @@ class GymRobot(Robot):
         t = self.now()
         _, _, terminated, truncated, self.info = self.env.step(target)
         self.command, self.frame_time, self.ended = self.info["action"], t + self.dt, terminated or truncated
-        if self.on_step is not None:
-            self.on_step(self.info, self.env.last_obs, self.ended)
+        if self.outcome is not None:
+            self.outcome.record(self.info, self.env.last_obs, self.ended)
         return self.command.copy()
 
     def stop(self) -> None:
@@ -150,10 +150,11 @@ def check_policy_fits(env: GymAdapter, obs_keys: tuple[str, ...], action_dim: in
 
 
 def gym_drivers(env: GymAdapter, policy: Any, safety: SafetyConfig, now: Callable[[], float],
-                on_step: Callable[..., None]) -> tuple[GymRobot, dict[str, GymSensor], BoxSafety]:
-    """Robot, sensors (the mapped keys the policy reads) and safety layer for one evaluation episode."""
+                outcome: EpisodeOutcome) -> tuple[GymRobot, dict[str, GymSensor], BoxSafety]:
+    """Robot (recording into ``outcome``), sensors (the mapped keys the policy reads) and safety layer for one
+    evaluation episode."""
     check_policy_fits(env, tuple(policy.obs_keys), int(policy.action_dim))
-    robot = GymRobot(env, now, on_step)
+    robot = GymRobot(env, now, outcome)
     sensors = {k: GymSensor(robot, k) for k in policy.obs_keys if k in env.observation_space.spaces}
     box = BoxSafety(safety, 1.0 / env.cfg.control_hz, env.low, env.high, env.hold_action, env.cfg.action.on_hold)
     return robot, sensors, box

@@ -4,10 +4,13 @@ lengths, the one-paragraph summary printed at the end, and the episode videos.""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from policy import keys
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -45,6 +48,12 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("videos: " + ", ".join(s["videos"]))
     lines.append(f"results: {s['out']}/eval.json")
     return "\n".join(lines)
+
+
+def side_by_side(obs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The camera images of ``obs`` side by side (H, n*W, 3) (scene | wrist); None without any."""
+    views = [obs[k] for k in keys.IMAGE_KEYS if k in obs]
+    return np.concatenate(views, axis=1) if views else None
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float, scale: int = 2) -> Path:
