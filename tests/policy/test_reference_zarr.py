@@ -97,7 +97,7 @@ def test_key_mapped_view_renames_slices_and_converts(reference) -> None:
     rb.validate(policy.dataset_spec())  # what training checks first
     with pytest.raises(DatasetError, match=r"key 'ee_pose' expected \(T, 9\) float32, found \(T, 2\) float32"):
         rb.validate(PolicyConfig(image_keys=("scene_rgb",), image_shape=(16, 16), action_dim=2,
-                                 encoder=EncoderConfig(crop_shape=(12, 12))).dataset_spec())
+                                 use_action_history=False, encoder=EncoderConfig(crop_shape=(12, 12))).dataset_spec())
     loaded = rb.load()
     np.testing.assert_array_equal(loaded["scene_rgb"], arrays["img"].astype(np.uint8))
     np.testing.assert_array_equal(loaded["ee_pose"], arrays["state"][:, :2])
