@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.drivers.fake import FakeCamera
+from policy.keys import ACTION_LAYOUT as LAYOUT
+from runtime.drivers.fake import IDENTITY_6D, FakeCamera
 
 DT = 0.1
 Z = 0.3
@@ -44,14 +45,13 @@ class ScriptedPolicy:
             raise RuntimeError(f"scripted failure on call {call}")
         k = self.tick_of()
         self.obs_ticks.append(k)
-        chunk = np.zeros((self.chunk_len, self.action_dim))
-        chunk[:, 0] = [x_at(k + i) for i in range(self.chunk_len)]
-        chunk[:, 2] = Z
-        chunk[:, 3] = chunk[:, 7] = 1.0  # identity rotation in 6D
-        chunk[:, 9] = 0.04
+        position = np.zeros((self.chunk_len, 3))  # (L, 3): x along the trajectory, y 0, z Z
+        position[:, 0] = [x_at(k + i) for i in range(self.chunk_len)]
+        position[:, 2] = Z
         if call in self.nan_calls:
-            chunk[4:, 0] = np.nan
-        return chunk
+            position[4:, 0] = np.nan
+        rotation = np.broadcast_to(IDENTITY_6D, (self.chunk_len, 6))
+        return LAYOUT.join(position, rotation, 0.04)  # (L, 10)
 
 
 class DyingCamera(FakeCamera):
