@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from policy.config_utils import ConfigError, from_dict
 from policy.train import Trainer, train
 from sim.collect import CollectConfig, collect, read_seeds
 from sim.evaluate import EvalConfig, eval_seeds, evaluate, run_episode
-from sim.report import wilson_interval
+from sim.report import summarize, wilson_interval
 from sim.rollout import rollout
 from tests.policy.conftest import tiny_config
 from tests.sim.test_drivers import ReplayPolicy
@@ -181,3 +182,65 @@ def test_cpu_time_budget_counts_process_cpu_time(trained, tmp_path):
     assert 0.6 <= state["train_seconds"] < 5.0 and 1 <= state["step"] < 1000
     with pytest.raises(ConfigError, match="budget_clock"):
         from_dict(type(tiny_config(data, tmp_path).train), {"budget_clock": "gpu"})
+
+
+class FaultOnSeed:
+    """Replays a demo, except on seed ``bad``, where every chunk is NaN (held, then a fault after
+    ``max_rejected_actions`` rejected actions in a row)."""
+
+    def __init__(self, actions, clock, bad: int):
+        self.replay, self.bad, self.seed = ReplayPolicy(actions, clock), bad, None
+        for name in ("n_obs_steps", "chunk_len", "action_dim", "obs_keys"):
+            setattr(self, name, getattr(self.replay, name))
+
+    def predict_chunk(self, window):
+        chunk = self.replay.predict_chunk(window)
+        return np.full_like(chunk, np.nan) if self.seed == self.bad else chunk
+
+
+def test_a_faulted_episode_is_recorded_as_failed_and_evaluation_goes_on(env):
+    """A policy that faults on one seed: that episode is a failure naming its reason; the next one runs."""
+    from runtime.clock import SimClock
+
+    demo = rollout(env, 5, keep_obs=False)
+    cfg = from_dict(EvalConfig, {"checkpoint": "x", "latency": "zero", "max_steps": 200,
+                                 "controller": {"max_rejected_actions": 4}})
+    records = []
+    for seed in (5, 5):
+        clock = SimClock()
+        policy = FaultOnSeed(demo["actions"], clock, bad=5 if not records else -1)
+        policy.seed = seed
+        records.append(run_episode(env, policy, cfg, seed=seed, clock=clock))
+    faulted, fine = records
+    assert not faulted["success"] and faulted["stop_reason"] == "fault"
+    assert "rejected" in faulted["error"] and faulted["interventions"]["nonfinite_action"] >= 4
+    assert faulted["steps"] < 20  # stopped at the fault, not run to max_steps
+    assert fine["success"] and fine["error"] is None and fine["stop_reason"] == "stop_requested"
+    assert summarize(records)["faults"] == 1 and summarize(records)["successes"] == 1
+
+
+def test_a_returned_fault_counts_as_failed_too(env, monkeypatch):
+    """A controller that returns its metrics with stop_reason "fault" (instead of raising) fails the episode."""
+    from runtime.clock import SimClock
+    from runtime.controller import Controller
+
+    def run_and_return(self, max_ticks=None, duration_s=None):
+        self.metrics.stop_reason, self.metrics.error = "driver_error", "robot: link down"
+        return self.metrics
+
+    monkeypatch.setattr(Controller, "run", run_and_return)
+    clock = SimClock()
+    cfg = from_dict(EvalConfig, {"checkpoint": "x", "latency": "zero", "max_steps": 20})
+    rec = run_episode(env, ReplayPolicy(rollout(env, 5, keep_obs=False)["actions"], clock), cfg, seed=5, clock=clock)
+    assert (rec["success"], rec["stop_reason"], rec["error"]) == (False, "driver_error", "robot: link down")
+
+
+def test_evaluate_writes_the_faults_into_eval_json(trained, tmp_path):
+    """Every inference slower than the timeout: each episode fails with its reason, and all are recorded."""
+    _, ckpt = trained
+    s = evaluate(from_dict(EvalConfig, {"checkpoint": str(ckpt), "episodes": 2, "workers": 1, "videos": 0,
+                                        "latency": 0.5, "controller": {"inference_timeout_s": 0.2},
+                                        "max_steps": 30, "out": str(tmp_path / "ev"), "progress": False}))
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert saved["faults"] == 2 and saved["successes"] == 0 and len(saved["episodes"]) == 2
+    assert all(r["stop_reason"] == "fault" and "timeout" in r["error"].lower() for r in s["episodes"])
