@@ -5,9 +5,14 @@ Layout of a checkpoint folder::
     config.yaml              resolved training config (policy + train)
     model.safetensors        EMA weights of DiffusionPolicyModel (what inference uses)
     normalizer.json          min/max statistics fitted on the training set
-    meta.json                format version, step, library versions, dataset fingerprint, shapes
-    train_state.safetensors  (resume only) raw weights ``model.*`` and AdamW moments ``optim.*``
-    train_state.json         (resume only) step and optimizer hyper-parameters
+    meta.json                format version, step, library versions, dataset fingerprint, shapes, and
+                             ``control_hz``: the demos' control rate (Hz, from their timestamps; null: unknown)
+    train_state.safetensors  (resume only) raw weights ``model.*`` and the optimizer's tensors ``optim.<i>.<name>``
+    train_state.json         (resume only) step, training time and the optimizer's ``state_dict()`` without
+                             its tensors (``policy.train_state``)
+
+A folder is replaced by one swap (``policy.atomic.swap_in``); loading takes ``<name>.old`` when a kill
+between the swap's two renames left no ``<name>``. The encoder's ``pretrained_path`` is never read on load.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ N processes compute the same update as one process with ``train.grad_accum=N`` (
 Only rank 0 logs, validates, evaluates and writes checkpoints; the other ranks wait at a barrier meanwhile.
 
 ``train.max_minutes`` stops a run on a budget of training time (counted across resumes; wall time of the
-training steps, or their process CPU time with ``train.budget_clock=cpu``). With
+training steps, or their process CPU time with ``train.budget_clock=cpu``); with ``train.steps`` unset the
+budget alone ends the run (without a budget: 3000 steps), and the run logs at its start which limit ends it. With
 ``train.eval_every`` > 0 the latest checkpoint is evaluated on its task every that many steps by the
 ``train.eval_hook`` plug-in (``"module:function"``, default ``sim.evaluate:evaluate_in_training``; policy
 never imports the simulator itself); the checkpoint with the best success rate (then mean score) is

@@ -147,7 +147,8 @@ def need(module: str) -> types.ModuleType:
 
 @contextmanager
 def atomic_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path ``<out>.tmp-<pid>`` to write into; renamed to ``out`` only on success.
+    """Yield a temporary path ``<out>.tmp-<pid>`` to write into; swapped in as ``out`` only on success
+    (``policy.atomic.swap_in``, the swap of checkpoints too).
 
     An existing ``out`` is refused unless ``overwrite`` (then replaced only after the new one is complete);
     on any error the temporary output is removed, so a failed import leaves nothing behind. Temporary outputs
