@@ -173,7 +173,10 @@ class SafetyLayer:
         return reasons
 
     def _note(self, reasons: list[str], reason: str) -> None:
+        """Record one intervention: counted always, logged the first time its reason occurs."""
         reasons.append(reason)
+        if reason not in self.counts:
+            log.warning("safety: first %r intervention (the rest are counted in the run's metrics)", reason)
         self.counts[reason] += 1
 
     def _clip_static(self, cmd: list[float], reasons: list[str]) -> list[float]:

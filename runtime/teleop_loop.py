@@ -286,7 +286,7 @@ class TeleopLoop:
         self._sent = target_from_state(start)
         self._gripper = float(np.clip(self._sent[LAYOUT.width], self.cfg.gripper_closed, self.cfg.gripper_open))
         try:
-            self.result.interventions.update(self.safety.reset(self._sent))
+            self.result.interventions.update(self.safety.reset(self._sent) or [])
         except OutsideWorkspace as e:
             self._note("start_outside_workspace")
             raise TeleopError(str(e)) from e

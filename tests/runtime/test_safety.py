@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runtime.rotation import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix, rotation_angle
-from runtime.safety import SafetyConfig, SafetyLayer
+from runtime.safety import OutsideWorkspace, SafetyConfig, SafetyLayer
 
 DT = 0.1
 HOME = np.array([0.3, 0.0, 0.3, 1, 0, 0, 0, 1, 0, 0.04])
@@ -42,6 +42,31 @@ def test_non_finite_actions_are_rejected_and_the_robot_holds(bad):
     res = layer.check(target)
     assert res.reasons == ["nonfinite_action"] and layer.counts["nonfinite_action"] == 1
     np.testing.assert_array_equal(res.command, HOME)
+
+
+@pytest.mark.parametrize("rot", [[0, 0, 0, 0, 0, 0], [1, 0, 0, 3, 0, 0], [0, 1, 0, 0, -1e-300, 0]])
+def test_degenerate_rotations_are_rejected_and_the_robot_holds(rot):
+    layer = _layer()
+    layer.check(_moved(dx=0.001))
+    target = _moved(dx=0.002)
+    target[3:9] = rot
+    res = layer.check(target)
+    assert res.reasons == ["degenerate_rotation"] and layer.counts["degenerate_rotation"] == 1
+    np.testing.assert_array_equal(res.command, _moved(dx=0.001))
+    assert np.all(layer.velocity == 0)
+
+
+def test_reset_never_moves_the_arm_into_the_box():
+    layer = SafetyLayer(SafetyConfig(workspace_max=(0.5, 0.8, 0.8)), DT)
+    outside = HOME.copy()
+    outside[0] = 0.6
+    with pytest.raises(OutsideWorkspace, match=r"x = 0.6000 m is outside \[-0.8, 0.5\] m"):
+        layer.reset(outside)
+    assert layer.last is None and layer.counts["start_outside_workspace"] == 1
+    wide = HOME.copy()
+    wide[9] = 0.09
+    assert layer.reset(wide) == ["gripper_range"] and layer.last[9] == 0.08
+    np.testing.assert_array_equal(layer.last[:9], HOME[:9])
 
 
 def test_workspace_box_clips_position():
