@@ -3,7 +3,8 @@
 A ``gym:`` config section (``GymConfig``, in configs/collect.yaml and configs/evaluate.yaml) says how:
 
 - ``id``: ``"package.module:EnvClass"`` (a class or factory, called with ``kwargs``) or a registered
-  gymnasium id (``"FetchReach-v4"``, ``"package.module:Env-v0"``: ``gymnasium.make(id, **kwargs)``).
+  gymnasium id (``"FetchReach-v4"``, ``"package.module:Env-v0"``: ``gymnasium.make(id, **kwargs)``); a
+  namespaced id (``"gym_pusht/PushT-v0"``) imports its namespace's module first if it is not registered.
 - ``obs``: ``{our_key: source}`` for our keys ``scene_rgb``/``wrist_rgb`` (images) and ``ee_pose``/``gripper``
   (vectors of any length). A source is an entry of a Dict observation (``"pixels"``), a slice of a flat
   entry (``"state[0:3]"``), the whole / a slice of a non-Dict observation (``""``, ``"[0:3]"``) or
@@ -118,10 +119,25 @@ def make_raw_env(cfg: GymConfig) -> gym.Env:
             raise ValueError(f"gym.id: cannot import {mod!r} of {cfg.id!r}: {e}") from e
         if callable(obj):
             return obj(**cfg.kwargs)
+    import_namespace(cfg.id)
     try:
         return gym.make(cfg.id, **cfg.kwargs)
     except gym.error.Error as e:
         raise ValueError(f"gym.id: {cfg.id!r} is neither 'module:callable' nor a registered gymnasium id: {e}") from e
+
+
+def import_namespace(env_id: str) -> None:
+    """For a namespaced id (``"gym_pusht/PushT-v0"``) not registered yet, import the module named before the
+    slash, which registers its envs (as ``gymnasium.make("gym_pusht:gym_pusht/PushT-v0")`` would); ValueError
+    naming the id and the module when that import fails."""
+    namespace, slash, _ = env_id.partition("/")
+    if not slash or ":" in env_id or env_id in gym.registry:
+        return
+    try:
+        importlib.import_module(namespace)
+    except ImportError as e:
+        raise ValueError(f"gym.id: {env_id!r} is not registered and its namespace module {namespace!r} cannot be "
+                         f"imported ({e}); install the package that provides it") from e
 
 
 def resolve_gym(task: str, cfg: GymConfig, info: dict[str, Any], env_overrides: dict[str, Any],

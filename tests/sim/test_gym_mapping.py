@@ -278,3 +278,32 @@ def test_hydra_configs_take_a_gym_mapping(tmp_path):
 
     cfg = from_dict(CollectConfig, yaml.safe_load(out))
     assert cfg.task == "gym" and cfg.gym.obs == {"ee_pose": "[0:4]"} and cfg.gym.kwargs == {"pixels": False}
+
+
+def test_a_namespaced_id_imports_its_package(tmp_path, monkeypatch):
+    """``ns/Env-v0`` not yet registered: its namespace's module is imported (registering it), as
+    ``gymnasium.make("ns:ns/Env-v0")`` would; a namespace that cannot be imported names the id and module."""
+    import sys
+    import uuid
+
+    import gymnasium as gym
+
+    ns = f"toy_ns_{uuid.uuid4().hex[:8]}"
+    (tmp_path / ns).mkdir()
+    (tmp_path / ns / "__init__.py").write_text(
+        "import gymnasium as gym\n"
+        f"gym.register('{ns}/Reach-v0', entry_point='{TOY}', max_episode_steps=60)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env_id = f"{ns}/Reach-v0"
+    try:
+        assert env_id not in gym.registry
+        env = make_gym_env(_gym(id=env_id), (H, W))
+        try:
+            assert isinstance(env.unwrapped, gym_toy.ToyReach) and gym.registry[env_id].max_episode_steps == 60
+        finally:
+            env.close()
+    finally:
+        gym.registry.pop(env_id, None)
+        sys.modules.pop(ns, None)
+    with pytest.raises(ValueError, match=r"'no_such_pkg_x/Env-v0'.*'no_such_pkg_x'"):
+        make_gym_env(_gym(id="no_such_pkg_x/Env-v0"), (H, W))
