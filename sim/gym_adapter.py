@@ -315,7 +315,7 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 def rollout_gym(env: GymAdapter, seed: int, demo: Any, extra_steps: int = 3) -> dict[str, Any]:
-    """One demonstration, like ``sim.demo.rollout``: stops when the env ends the episode, ``extra_steps``
+    """One demonstration, like ``sim.rollout.rollout``: stops when the env ends the episode, ``extra_steps``
     after success (and the demonstrator's ``done``, if it has one), or after ``gym.max_episode_steps``.
     ``actions`` are the actions applied (clipped to the bounds), our units."""
     obs, info = env.reset(seed=seed)
