@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from policy.data.interop import KeyMap, map_episode
-from policy.data.replay_buffer import DatasetError, ReplayBuffer, _storage_dtype, check_spec
+from policy.data.replay_buffer import DatasetError, ReplayBuffer, storage_dtype, check_spec
 
 
 class KeyMappedBuffer:
@@ -51,7 +51,7 @@ class KeyMappedBuffer:
 
     def _map(self, get, where: str, km: KeyMap | None = None) -> dict[str, np.ndarray]:
         out = map_episode(get, km or self.key_map, where)
-        return {k: a.astype(_storage_dtype(k, a.dtype), copy=False) for k, a in out.items()}
+        return {k: a.astype(storage_dtype(k, a.dtype), copy=False) for k, a in out.items()}
 
     # -------------------------------------------------------------- the ReplayBuffer read API
 

@@ -53,7 +53,7 @@ def _is_image(arr: np.ndarray) -> bool:
     return arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3
 
 
-def _storage_dtype(key: str, dtype: np.dtype) -> np.dtype:
+def storage_dtype(key: str, dtype: np.dtype) -> np.dtype:
     """float64 for ``timestamp``, float32 for other floats, the input dtype otherwise."""
     if dtype.kind == "f":
         return np.dtype(np.float64) if key == TIMESTAMP else np.dtype(np.float32)
@@ -310,7 +310,7 @@ class ReplayBuffer:
                 if dtype.kind != "f" and a.dtype.kind == "f":
                     raise DatasetError(f"{where}: key '{k}' is stored as {dtype}, cannot write {a.dtype}")
             else:
-                dtype = _storage_dtype(k, a.dtype)
+                dtype = storage_dtype(k, a.dtype)
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise DatasetError(f"{where}: key '{k}' contains NaN or inf")
             if dtype.kind in "iu" and a.dtype != dtype and a.dtype.kind in "iu":
