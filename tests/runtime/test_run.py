@@ -52,3 +52,14 @@ def test_missing_camera_and_bad_config_are_named(tmp_path, checkpoint):
     with pytest.raises(ValueError, match=r"unknown robot setting\(s\) \['speed'\]"):
         run(RunConfig(checkpoint=str(checkpoint), robot={"type": "fake", "speed": 1}, cameras=CAMS,
                       log_dir=str(tmp_path), inference=InferenceConfig(worker="thread")))
+
+
+def test_a_fault_is_written_to_the_metrics_and_nothing_moves(tmp_path, checkpoint):
+    robot = {"type": "fake", "start_pose": [0.95, 0.0, 0.3, 1, 0, 0, 0, 1, 0]}  # x beyond workspace_max 0.8
+    cfg = RunConfig(checkpoint=str(checkpoint), robot=robot, cameras=CAMS, duration_s=1.0, log_dir=str(tmp_path),
+                    dry_run=True, inference=InferenceConfig(worker="thread"))
+    m = run(cfg)
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert m.stop_reason == rec["stop_reason"] == "fault" and "x = 0.9500 m is outside [-0.8, 0.8] m" in rec["error"]
+    assert rec["interventions"] == {"start_outside_workspace": 1}
+    assert not (tmp_path / "commands.jsonl").exists() or not (tmp_path / "commands.jsonl").read_text()
