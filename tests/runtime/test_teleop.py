@@ -20,7 +20,6 @@ from runtime.estop import EStop
 from runtime.recorder import EpisodeRecorder
 from runtime.rotation import matrix_to_axis_angle, rot6d_to_matrix
 from runtime.safety import SafetyConfig, SafetyLayer
-from runtime.teleop_loop import TeleopConfig, TeleopError, TeleopLoop, integrate_target, run_teleop
 from runtime.teleop_devices import (
     CombinedDevice,
     KeyboardConfig,
@@ -32,6 +31,7 @@ from runtime.teleop_devices import (
     TeleopInput,
     apply_deadzone,
 )
+from runtime.teleop_loop import TeleopConfig, TeleopError, TeleopLoop, integrate_target, run_teleop
 
 from .fakes import DyingCamera
 
@@ -339,3 +339,16 @@ def test_a_device_estop_event_stops_at_once():
     loop, robot, _ = setup(ScriptedDevice([move(), move(events=("estop",))]), stop_event=estop)
     r = loop.run()
     assert r.stop_reason == "estop" and robot.stopped and len(robot.sent) == 1 and estop.triggered
+
+
+def test_the_command_line_ends_a_fault_with_one_line_and_a_nonzero_exit(monkeypatch, tmp_path):
+    import runtime.teleop as cli
+
+    def faulty_run_teleop(*args, **kwargs):
+        raise TeleopError("the arm starts outside the workspace box: x = 0.9000 m is outside [-0.8, 0.8] m")
+
+    monkeypatch.setattr(cli, "run_teleop", faulty_run_teleop)
+    monkeypatch.setattr(sys, "argv", ["runtime.teleop", f"out={tmp_path / 'd.zarr'}"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code.startswith("teleop stopped: the arm starts outside the workspace box: x = 0.9000 m")
