@@ -189,7 +189,8 @@ class EpisodeRecorder:
         """End the episode and append it to the dataset; returns its episode index.
 
         ``wait=True`` returns once it is committed on disk. ``wait=False`` hands it to the background
-        writer and returns at once (the index it will get); a write error is raised by the next
+        writer and returns at once (the index it should get: ``committed`` lists the indices written, as
+        they are written; ``failed`` the errors of those that were not); a write error is raised by the next
         ``start()``, ``stop_and_keep()``, ``flush()`` or ``close()``. ValueError for an empty episode
         (which is discarded); RuntimeError when not recording.
         """
@@ -229,10 +230,10 @@ class EpisodeRecorder:
 
     def _collect(self) -> None:
         """Account for finished writes (committed or failed); keep the first error to raise."""
-        done = [(f, n) for f, n in self._pending if f.done()]
-        if not done:
-            return
-        self._pending = [(f, n) for f, n in self._pending if not f.done()]
+        done, pending = [], []
+        for item in self._pending:  # one done() per future: a write finishing meanwhile is not lost
+            (done if item[0].done() else pending).append(item)
+        self._pending = pending
         for f, n_steps in done:
             err = f.exception()
             if err is None:
