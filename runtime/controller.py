@@ -52,6 +52,7 @@ class ControllerConfig:
     max_rejected_actions: int = 10  # consecutive rejected actions (NaN, degenerate rotation) before it stops
     inference_timeout_s: float = 5.0  # s on the controller's clock: a request unanswered this long stops the run
     keep_trace: bool = False  # record every tick's command (tests, evaluation)
+    allow_rate_mismatch: bool = False  # run a checkpoint at another rate than its demos' (chunk timing shifts)
 
     def __post_init__(self) -> None:
         need(0 < self.hz <= 1000, f"controller.hz must be in (0, 1000] Hz, got {self.hz!r}")
@@ -63,6 +64,20 @@ class ControllerConfig:
              f"controller.max_rejected_actions must be >= 1 (ticks), got {self.max_rejected_actions}")
         need(0 < self.inference_timeout_s <= 600,
              f"controller.inference_timeout_s must be in (0, 600] s, got {self.inference_timeout_s!r}")
+
+
+def check_rate(control_hz: float | None, cfg: ControllerConfig, tolerance: float = 0.02) -> None:
+    """Refuse to run a checkpoint at another control rate than its demos' (``control_hz``, None: unknown):
+    ``chunk[i]`` is meant for ``t_obs + i / control_hz``. ``controller.allow_rate_mismatch`` overrides."""
+    if control_hz is None or abs(cfg.hz - control_hz) <= tolerance * control_hz:
+        return
+    if cfg.allow_rate_mismatch:
+        log.warning("the checkpoint's demos ran at %g Hz, the controller runs at %g Hz (allowed by "
+                    "controller.allow_rate_mismatch)", control_hz, cfg.hz)
+        return
+    raise ValueError(f"controller.hz is {cfg.hz:g} Hz but the checkpoint was trained on demos at {control_hz:g} Hz: "
+                     f"its chunks would play {cfg.hz / control_hz:.2g}x too fast; set controller.hz={control_hz:g}, "
+                     "or controller.allow_rate_mismatch=true to run it anyway")
 
 
 class Controller:
@@ -84,6 +99,7 @@ class Controller:
         if missing:
             raise ValueError(f"the policy needs observations {missing}; no camera is configured for them "
                              f"(cameras: {sorted(self.cameras)})")
+        check_rate(policy.control_hz, self.cfg)
         self.buffer = ActionBuffer()
         self.metrics = RunMetrics()
         self.reader = ObservationReader(robot, self.cameras)
@@ -189,22 +205,25 @@ class Controller:
             self._loop(n_ticks)
         return self.metrics
 
-    def _start(self) -> np.ndarray:
-        """The measured target (10,) the run starts from; refuses an arm outside the workspace box."""
-        current = target_from_state(self.reader.read_robot())
+    def _start(self) -> RobotState:
+        """The measured state the run starts from; refuses an arm outside the workspace box."""
+        state = self.reader.read_robot()
+        current = target_from_state(state)
         try:
             reasons = self.safety.reset(current) or []  # a sim BoxSafety returns None
         except OutsideWorkspace as e:
             self.metrics.interventions["start_outside_workspace"] += 1
             raise ControllerError(str(e)) from e
         self.metrics.interventions.update(reasons)
-        return current
+        return state
 
     def _loop(self, n_ticks: int) -> None:
         """The ticks themselves; ``run`` handles faults and always stops the robot."""
         m = self.metrics
-        current = self._start()
-        self._history.extend([current] * self._history.maxlen)
+        start = self._start()
+        # before the first action is sent, the history holds the policy's pad (training pads the same way)
+        pad = self.policy.action_space.pad(start.ee_pose, start.gripper).astype(np.float64)
+        self._history.extend([pad] * self._history.maxlen)
         t0 = self.clock.now()
         tick = 0
         while tick < n_ticks:
