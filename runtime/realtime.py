@@ -14,11 +14,13 @@ that the inference process and the camera drivers do not use.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -163,3 +165,25 @@ def restore_realtime(report: RealtimeReport) -> None:
             report.memory_locked = False
     except OSError as e:
         log.warning("could not restore the scheduler settings: %s", e)
+
+
+@contextlib.contextmanager
+def realtime_loop(cfg: RealtimeConfig, other_pids: Iterable[int | None] = ()) -> Iterator[RealtimeReport]:
+    """``cfg`` applied to the calling (loop) thread for the ``with`` block, then undone. With ``cfg.cpu`` set,
+    the processes ``other_pids`` (the inference child) are moved off the loop's core. Enter it after every
+    device and worker has started: threads and processes started later would inherit the settings."""
+    report = configure_realtime(cfg)
+    if report.cpu is not None:
+        for pid in other_pids:
+            if pid is None:
+                continue
+            try:
+                others = os.sched_getaffinity(pid) - {report.cpu}
+                if others:
+                    os.sched_setaffinity(pid, others)
+            except OSError as e:
+                log.warning("could not move process %d off the loop's CPU %d: %s", pid, report.cpu, e)
+    try:
+        yield report
+    finally:
+        restore_realtime(report)

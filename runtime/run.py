@@ -23,6 +23,7 @@ from runtime.controller import Controller, ControllerConfig, ControllerError
 from runtime.drivers.base import DriverError
 from runtime.factory import make_camera, make_robot
 from runtime.metrics import RunMetrics
+from runtime.realtime import RealtimeConfig, realtime_loop
 from runtime.safety import SafetyConfig, SafetyLayer
 
 log = logging.getLogger("runtime.run")
@@ -51,6 +52,7 @@ class RunConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # the loop thread's scheduling
     duration_s: float = 60.0
     dry_run: bool = False
     log_dir: str = "runs/robot"
@@ -99,7 +101,8 @@ def run(cfg: RunConfig, stop_event=None) -> RunMetrics:
         ctrl = Controller(robot, cameras, worker, SafetyLayer(cfg.safety, 1.0 / cfg.controller.hz), clock,
                           cfg.controller, stop_event)
         try:
-            metrics = ctrl.run(duration_s=cfg.duration_s)
+            with realtime_loop(cfg.realtime, [getattr(worker, "pid", None)]):
+                metrics = ctrl.run(duration_s=cfg.duration_s)
         except ControllerError as e:
             log.error("run stopped: %s", e)
             metrics = ctrl.metrics

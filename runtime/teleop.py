@@ -14,6 +14,7 @@ from typing import Any
 
 from runtime.clock import WallClock
 from runtime.estop import EStop
+from runtime.realtime import RealtimeConfig
 from runtime.recorder import EpisodeRecorder
 from runtime.safety import SafetyConfig
 from runtime.teleop_devices import TeleopDevice
@@ -32,6 +33,7 @@ class TeleopRunConfig:
     cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     teleop: TeleopConfig = field(default_factory=TeleopConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)  # the loop thread's scheduling
     duration_s: float | None = None  # None: until quit / e-stop
     max_queued_episodes: int = 2  # kept episodes waiting for the writer before a new recording is refused
 
@@ -74,7 +76,8 @@ def main() -> None:
         try:
             result = run_teleop(make_robot(cfg.robot, clock.now),
                                 {k: make_camera(v, clock.now) for k, v in cfg.cameras.items()}, device,
-                                recorder, cfg.teleop, cfg.safety, clock, estop, duration_s=cfg.duration_s)
+                                recorder, cfg.teleop, cfg.safety, clock, estop, duration_s=cfg.duration_s,
+                                realtime=cfg.realtime)
         except TeleopError as e:
             sys.exit(f"teleop stopped: {e} (committed episodes: {recorder.committed})")
         print(result.summary())

@@ -40,6 +40,7 @@ from runtime.clock import Clock, WallClock, wait_for_tick
 from runtime.drivers.base import Camera, DriverError, Robot
 from runtime.estop import EStop
 from runtime.loop import LoopFault, ObservationReader, guarded_run, target_from_state
+from runtime.realtime import RealtimeConfig, realtime_loop
 from runtime.recorder import EpisodeRecorder
 from runtime.rotation import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix
 from runtime.safety import OutsideWorkspace, SafetyConfig, SafetyLayer, SafetyResult
@@ -330,9 +331,11 @@ class TeleopLoop:
 def run_teleop(robot: Robot, cameras: Mapping[str, Camera], device: TeleopDevice,
                recorder: EpisodeRecorder | None, cfg: TeleopConfig | None = None,
                safety_cfg: SafetyConfig | None = None, clock: Clock | None = None, estop: EStop | None = None,
-               max_ticks: int | None = None, duration_s: float | None = None) -> TeleopResult:
+               max_ticks: int | None = None, duration_s: float | None = None,
+               realtime: RealtimeConfig | None = None) -> TeleopResult:
     """Connect the device, cameras and robot, install SIGINT/SIGTERM e-stop handlers (main thread only),
-    run a ``TeleopLoop`` until quit or e-stop, then close everything (robot first) and the recorder.
+    run a ``TeleopLoop`` (with the ``realtime`` settings on its thread) until quit or e-stop, then close
+    everything (robot first) and the recorder.
 
     A keyboard device given the same ``estop`` makes ESC stop at once. Returns the session's counts.
     """
@@ -352,4 +355,5 @@ def run_teleop(robot: Robot, cameras: Mapping[str, Camera], device: TeleopDevice
         stack.enter_context(robot)
         loop = TeleopLoop(robot, cameras, device, SafetyLayer(safety_cfg or SafetyConfig(), 1.0 / cfg.hz), clock,
                           recorder, cfg, stop_event=estop)
-        return loop.run(max_ticks=max_ticks, duration_s=duration_s)
+        with realtime_loop(realtime or RealtimeConfig()):
+            return loop.run(max_ticks=max_ticks, duration_s=duration_s)

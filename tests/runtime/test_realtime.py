@@ -110,3 +110,34 @@ def test_settings_apply_to_the_calling_thread_only_and_are_restored():
     assert report.cpu is None and report.priority is None  # undone
     assert seen["restored_cpus"] == main_cpus and seen["restored_policy"] == os.SCHED_OTHER
     assert os.sched_getaffinity(0) == main_cpus and os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and two cores")
+def test_realtime_loop_moves_the_inference_process_off_the_loop_core_and_restores():
+    import subprocess
+    import sys
+
+    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        result: dict = {}
+
+        def loop_thread():
+            with realtime.realtime_loop(RealtimeConfig(cpu=cpu), [child.pid, None]) as report:
+                result["inside"] = os.sched_getaffinity(0)
+                result["report_cpu"] = report.cpu
+            result["after"] = os.sched_getaffinity(0)
+
+        t = threading.Thread(target=loop_thread)
+        t.start()
+        t.join()
+        if result["report_cpu"] is None:
+            pytest.skip("pinning was refused here")
+        assert result["inside"] == {cpu}
+        assert cpu not in os.sched_getaffinity(child.pid)  # the inference process left the loop's core
+        assert result["after"] == before
+    finally:
+        child.kill()
+        child.wait()
