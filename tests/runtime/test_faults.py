@@ -70,7 +70,6 @@ def _is_rotation(r6: np.ndarray) -> bool:
 
 # ------------------------------------------------------------------ row 1: degenerate 6D rotation
 
-
 class DegeneratePolicy(ScriptedPolicy):
     """Every chunk after the first carries a finite but degenerate rotation: zeros, or parallel columns."""
 
@@ -98,7 +97,6 @@ def test_row1_degenerate_rotation_is_held_and_counted(kind):
 
 
 # ------------------------------------------------------------------ row 2: any other exception in the loop
-
 
 class RaisingCamera(FakeCamera):
     """A camera plug-in with a bug: ``read()`` raises a plain exception from ``at`` seconds on."""
@@ -148,7 +146,6 @@ def test_row2_cli_exits_nonzero_with_one_line(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------ row 3: inference process killed mid-request
-
 
 class HangingPolicy:
     """Answers nothing: every request sleeps (the test kills the process meanwhile)."""
@@ -210,7 +207,6 @@ def test_row3_a_dead_process_is_reported_by_submit_too():
 
 # ------------------------------------------------------------------ row 4: the arm starts outside the box
 
-
 def test_row4_start_outside_the_workspace_is_refused_without_a_jump():
     start = START.copy()
     start[0] = 0.9  # 10 cm beyond workspace_max x = 0.8
@@ -236,7 +232,6 @@ def test_row4_a_gripper_outside_its_range_at_start_is_clamped_and_counted():
 
 
 # ------------------------------------------------------------------ row 5: NaN forever, inference that hangs
-
 
 class NaNPolicy(ScriptedPolicy):
     def predict_chunk(self, window):
@@ -292,7 +287,6 @@ def test_row5_a_slow_but_answering_inference_is_no_fault():
 
 # ------------------------------------------------------------------ row 8: limits in the wrong unit
 
-
 @pytest.mark.parametrize("field, value, message", [
     ("max_speed", 250, r"safety.max_speed must be in \(0, 3\] m/s, got 250 \(mm/s\? use m/s\)"),
     ("max_accel", 2000, r"safety.max_accel must be in \(0, 50\] m/s\^2, got 2000 \(mm/s\^2\? use m/s\^2\)"),
@@ -317,7 +311,6 @@ def test_row8_limits_a_real_arm_needs_are_accepted():
 
 
 # ------------------------------------------------------------------ row 10: a writer that falls behind or fails
-
 
 class SlowWriterRecorder(EpisodeRecorder):
     """Writes only once ``release`` is set; episodes listed in ``fail`` (by write order) hit a full disk."""
