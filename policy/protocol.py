@@ -33,6 +33,55 @@ class ChunkPolicy(Protocol):
     def predict_chunk(self, obs_window: Mapping[str, np.ndarray]) -> np.ndarray: ...
 
 
+CONTINUATIONS = ("rtc", "bid")
+
+
+@dataclass(frozen=True)
+class ChunkPrefix:
+    """What the controller has committed when it asks for a chunk, for a policy that continues it
+    (real-time chunking); passed as ``predict_chunk(window, prefix=...)`` to policies that accept it.
+
+    actions: (P, A) float, robot units, P <= chunk_len; ``actions[i]`` is meant for ``t_obs + i * dt``, the
+      same time as row ``i`` of the chunk to predict: the rest of the current buffer from the observation on.
+    delay: d, 0 <= d <= P: the leading entries that will execute before the new chunk can arrive (fixed:
+      the returned chunk should equal them); entries d..P-1 overlap the new chunk (a soft target).
+    method: ``rtc`` (guided sampling that inpaints the prefix) or ``bid`` (pick among a batch of samples the
+      one most coherent with the prefix).
+    max_guidance: RTC's clip of the guidance weight (beta; 0 reproduces plain sampling).
+    decay: RTC's soft mask over the overlap, weight ``exp(-decay * (i - d + 1))`` for i >= d (1 before d).
+    samples: BID's batch of candidate chunks.
+    """
+
+    actions: np.ndarray
+    delay: int
+    method: str = "rtc"
+    max_guidance: float = 5.0
+    decay: float = 0.5
+    samples: int = 16
+
+    def __post_init__(self) -> None:
+        a = np.asarray(self.actions)
+        if a.ndim != 2 or not np.all(np.isfinite(a)):
+            raise ValueError(f"prefix.actions must be a finite (P, A) array, got shape {a.shape}")
+        if not 0 <= self.delay <= len(a):
+            raise ValueError(f"prefix.delay must be in [0, {len(a)}] (entries), got {self.delay}")
+        if self.method not in CONTINUATIONS:
+            raise ValueError(f"prefix.method must be one of {CONTINUATIONS}, got {self.method!r}")
+        if not self.max_guidance >= 0 or not self.decay >= 0 or self.samples < 1:
+            raise ValueError(f"prefix: max_guidance and decay must be >= 0 and samples >= 1, got "
+                             f"{self.max_guidance}, {self.decay}, {self.samples}")
+
+
+def accepts_prefix(policy: object) -> bool:
+    """Whether ``policy.predict_chunk`` takes a ``prefix`` keyword (a policy without it keeps working)."""
+    import inspect
+
+    try:
+        return "prefix" in inspect.signature(policy.predict_chunk).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     """What a caller must know about a policy without loading its weights (e.g. for a worker process)."""
