@@ -45,10 +45,16 @@ class DiffusionPolicyModel(nn.Module):
                steps: int | None = None, sampler: str | None = None) -> torch.Tensor:
         """Normalized obs window -> normalized action chunks (B, Tp, A) (centre crops in eval mode)."""
         o = self.cfg.objective
-        cond = self.net.prepare_condition(self.encoder(obs, None))  # (B, FiLM), once for all steps
+        cond = self.condition(obs)  # (B, FiLM), once for all steps
         shape = (self.cfg.chunk_len, self.cfg.action_dim)
         return self.objective.sample(self.net, cond, shape, steps or o.num_inference_steps,
                                      sampler or o.sampler, generator)
+
+
+    @torch.no_grad()
+    def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalized obs window -> the U-Net's observation conditioning (B, FiLM) (centre crops in eval mode)."""
+        return self.net.prepare_condition(self.encoder(obs, None))
 
 
 def obs_keys(cfg: PolicyConfig) -> tuple[str, ...]:

@@ -11,8 +11,10 @@ import torch
 from policy import keys
 from policy.checkpoint import load_checkpoint
 from policy.config import SAMPLERS, PolicyConfig
+from policy.guidance import bid_select, rtc_sample, rtc_weights
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
 from policy.normalizer import Normalizer
+from policy.protocol import ChunkPrefix
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -43,6 +45,7 @@ class Policy:
         self.chunk_len = cfg.chunk_len
         self.action_dim = cfg.action_dim
         self.obs_keys = obs_keys(cfg)
+        self.last_continuation: dict | None = None  # diagnostics of the last prefix call (predict_chunk)
         o = cfg.objective
         self.num_inference_steps = o.num_inference_steps if num_inference_steps is None else num_inference_steps
         self.sampler = o.sampler if sampler is None else sampler
@@ -98,15 +101,58 @@ class Policy:
         actions = self.model.sample(inputs, generator, self.num_inference_steps, self.sampler)  # (B, Tp, A)
         return self.normalizer.unnormalize(keys.ACTION, actions.float()).cpu().numpy().astype(np.float32)
 
-    def predict_chunk(self, obs_window: Mapping[str, np.ndarray], seed: int | None = None) -> np.ndarray:
+    def predict_chunk(self, obs_window: Mapping[str, np.ndarray], seed: int | None = None,
+                      prefix: ChunkPrefix | None = None) -> np.ndarray:
         """One window, each key (To, ...) -> chunk (Tp, A) float32 in robot units.
 
         ``chunk[i]`` is the target for ``t_obs + i * dt``. ``seed`` makes the sample repeatable.
+        ``prefix``: the committed actions (P, A) to continue, robot units (``policy.protocol.ChunkPrefix``):
+        ``rtc`` guides the sampling toward them (euler or ddim only), ``bid`` returns the most coherent of
+        ``prefix.samples`` samples; either way rows < ``prefix.delay`` equal ``prefix.actions[:delay]``.
+        None: plain sampling, unchanged. ``last_continuation`` then holds diagnostics of the call (never
+        read by the policy): method, delay, ``max_guidance_weight`` (rtc) or ``bid_index`` (bid).
         """
         self._check_window(obs_window, batched=False)
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(seed)
         batch = {k: np.asarray(obs_window[k])[None] for k in self.obs_keys}  # (1, To, ...)
-        with torch.inference_mode():
-            return self._sample(batch, gen)[0]
+        if prefix is None:
+            with torch.inference_mode():
+                return self._sample(batch, gen)[0]
+        return self._continue(batch, gen, prefix)
+
+    def _continue(self, batch: Mapping[str, np.ndarray], gen: torch.Generator | None,
+                  prefix: ChunkPrefix) -> np.ndarray:
+        """The prefix path of ``predict_chunk``; no inference_mode (RTC's guidance needs autograd)."""
+        p = np.asarray(prefix.actions, np.float32)  # (P, A) robot units
+        if p.shape[0] > self.chunk_len or p.shape[1] != self.action_dim:
+            raise ValueError(f"prefix.actions must be (P <= {self.chunk_len}, {self.action_dim}), got {p.shape}")
+        n_rows, d = p.shape[0], prefix.delay
+        shape = (self.chunk_len, self.action_dim)
+        with torch.no_grad():
+            inputs = to_model_inputs(batch, self.cfg, self.normalizer, self.device)
+            cond = self.model.condition(inputs)  # (1, FiLM), once for all steps
+            target = torch.zeros(shape, device=self.device)  # (Tp, A) normalized, 0 past the prefix
+            target[:n_rows] = self.normalizer.normalize(keys.ACTION, torch.from_numpy(p).to(self.device))
+        # constant action dimensions: the network never learned them; unnormalize maps them to the constant
+        varying = self.normalizer.varying(keys.ACTION)  # (A,) bool
+        info: dict = {"method": prefix.method, "delay": d, "prefix_len": n_rows}
+        obj, net = self.model.objective, self.model.net
+        if prefix.method == "rtc":
+            w = rtc_weights(d, n_rows, self.chunk_len, prefix.decay).to(self.device)[:, None]
+            w = w * torch.as_tensor(varying, dtype=torch.float32, device=self.device)  # (Tp, A)
+            chunk = rtc_sample(obj, net, cond, shape, self.num_inference_steps, self.sampler, gen, target, w,
+                               prefix.max_guidance, info)[0]  # (Tp, A)
+        else:
+            with torch.no_grad():
+                cond_n = cond.repeat(prefix.samples, 1)  # (N, FiLM)
+                samples = obj.sample(net, cond_n, shape, self.num_inference_steps, self.sampler, gen)  # (N, Tp, A)
+            idx = bid_select(samples, target[:n_rows], d, dims=varying)
+            info["bid_index"] = idx
+            chunk = samples[idx]
+        with torch.no_grad():
+            out = self.normalizer.unnormalize(keys.ACTION, chunk.float()).cpu().numpy().astype(np.float32)
+        out[:d] = p[:d]  # the rows that execute before the chunk arrives: exactly the committed ones
+        self.last_continuation = info
+        return out
