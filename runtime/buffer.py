@@ -16,6 +16,7 @@ class ActionBuffer:
     def __init__(self) -> None:
         self._actions: dict[int, tuple[np.ndarray, int]] = {}  # tick -> (action, obs tick of its chunk)
         self.chunk_tick: int | None = None  # tick of the observation the current chunk was predicted from
+        self._popped: tuple[int, np.ndarray] | None = None  # (tick, action) last returned by pop
 
     def insert_chunk(self, chunk: np.ndarray, obs_tick: int, now_tick: int) -> int:
         """Replace the buffer from ``now_tick`` on with ``chunk`` (Tp, A) stamped from ``obs_tick``.
@@ -37,7 +38,24 @@ class ActionBuffer:
         """
         for t in [t for t in self._actions if t < tick]:
             del self._actions[t]
-        return self._actions.pop(tick, None)
+        entry = self._actions.pop(tick, None)
+        if entry is not None:
+            self._popped = (tick, entry[0])
+        return entry
+
+    def committed(self, tick: int, limit: int) -> np.ndarray | None:
+        """(P, A) the buffered actions for ticks ``tick, tick + 1, ...`` (the one already popped for ``tick``
+        included), up to the first gap or ``limit`` entries; None when there is none for ``tick``."""
+        rows = []
+        for t in range(tick, tick + limit):
+            entry = self._actions.get(t)
+            if entry is not None:
+                rows.append(entry[0])
+            elif self._popped is not None and self._popped[0] == t:
+                rows.append(self._popped[1])
+            else:
+                break
+        return np.stack(rows) if rows else None
 
     def remaining(self, tick: int) -> int:
         """Buffered actions for ``tick`` and later."""

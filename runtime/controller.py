@@ -5,6 +5,9 @@ timestamped buffer, passes it through the safety layer and writes it to the robo
 current chunk has been executed, the newest observation window goes to the inference worker and the
 loop keeps executing; the chunk that comes back replaces the buffer from now on, without the entries
 whose time has passed. The loop never waits for inference. ``robot.stop()`` runs in ``finally:``.
+How chunks are joined is ``controller.execution`` (``runtime.execution``): ``naive`` replaces,
+``rtc``/``bid`` also send the committed actions with each request (a ``ChunkPrefix``) for the policy
+to continue, ``ensemble`` averages the overlapping chunks (ACT).
 
 Every fault ends the run with ``robot.stop()`` called, ``metrics.stop_reason``/``metrics.error`` naming
 the cause, and a ``ControllerError`` for the caller: a driver error, observations stale for too long,
@@ -27,12 +30,14 @@ import numpy as np
 
 from policy import keys
 from policy.config_utils import need
+from policy.protocol import ChunkPrefix
 from runtime.buffer import ActionBuffer
 from runtime.clock import Clock, frozen_gc, wait_for_tick
 from runtime.drivers.base import Camera, Robot, RobotState
+from runtime.execution import EXECUTIONS, DelayEstimator, EnsembleBuffer, build_prefix, make_buffer
 from runtime.inference import InferenceWorker, WorkerDied
 from runtime.loop import LoopFault, ObservationReader, guarded_run, target_from_state
-from runtime.metrics import RunMetrics, TickRecord
+from runtime.metrics import JumpMeter, RunMetrics, TickRecord
 from runtime.safety import REJECTED, OutsideWorkspace, SafetyLayer, SafetyResult
 
 __all__ = ["Controller", "ControllerConfig", "ControllerError", "target_from_state"]
@@ -53,6 +58,14 @@ class ControllerConfig:
     inference_timeout_s: float = 5.0  # s on the controller's clock: a request unanswered this long stops the run
     keep_trace: bool = False  # record every tick's command (tests, evaluation)
     allow_rate_mismatch: bool = False  # run a checkpoint at another rate than its demos' (chunk timing shifts)
+    execution: str = "naive"  # how chunks are joined: naive | rtc | bid | ensemble (runtime.execution)
+    rtc_max_guidance: float = 5.0  # rtc: clip of the guidance weight (beta); 0: plain sampling
+    rtc_decay: float = 0.5  # rtc: soft mask over the overlap, exp(-decay * (i - d + 1)) after the d fixed entries
+    bid_samples: int = 16  # bid: candidate chunks sampled as one batch
+    ensemble_decay: float = 0.01  # ensemble: ACT's m, weights exp(-m * i), i = 0 the oldest chunk
+    latency_quantile: float = 0.9  # rtc/bid: d from this quantile of the recent inference delays
+    latency_window: int = 20  # rtc/bid: recent requests in that estimate
+    latency_initial_s: float = 0.0  # rtc/bid: the guess of inference latency (s) before any request is answered
 
     def __post_init__(self) -> None:
         need(0 < self.hz <= 1000, f"controller.hz must be in (0, 1000] Hz, got {self.hz!r}")
@@ -64,6 +77,22 @@ class ControllerConfig:
              f"controller.max_rejected_actions must be >= 1 (ticks), got {self.max_rejected_actions}")
         need(0 < self.inference_timeout_s <= 600,
              f"controller.inference_timeout_s must be in (0, 600] s, got {self.inference_timeout_s!r}")
+        need(self.execution in EXECUTIONS,
+             f"controller.execution must be one of {', '.join(EXECUTIONS)}, got {self.execution!r}")
+        need(0 <= self.rtc_max_guidance <= 1e3,
+             f"controller.rtc_max_guidance must be in [0, 1000], got {self.rtc_max_guidance!r}")
+        need(0 <= self.rtc_decay <= 100,
+             f"controller.rtc_decay must be in [0, 100] (per entry), got {self.rtc_decay!r}")
+        need(1 <= self.bid_samples <= 1024, f"controller.bid_samples must be in [1, 1024], got {self.bid_samples!r}")
+        need(-10 <= self.ensemble_decay <= 10,
+             f"controller.ensemble_decay must be in [-10, 10] (per chunk; > 0: older chunks weigh more), "
+             f"got {self.ensemble_decay!r}")
+        need(0 < self.latency_quantile <= 1,
+             f"controller.latency_quantile must be in (0, 1], got {self.latency_quantile!r}")
+        need(1 <= self.latency_window <= 10_000,
+             f"controller.latency_window must be in [1, 10000] (requests), got {self.latency_window!r}")
+        need(0 <= self.latency_initial_s <= 60,
+             f"controller.latency_initial_s must be in [0, 60] s, got {self.latency_initial_s!r}")
 
 
 def check_rate(control_hz: float | None, cfg: ControllerConfig, tolerance: float = 0.02) -> None:
@@ -100,8 +129,18 @@ class Controller:
             raise ValueError(f"the policy needs observations {missing}; no camera is configured for them "
                              f"(cameras: {sorted(self.cameras)})")
         check_rate(policy.control_hz, self.cfg)
-        self.buffer = ActionBuffer()
+        execution = self.cfg.execution
+        if execution in ("rtc", "bid") and not worker.accepts_prefix:
+            raise ValueError(f"controller.execution={execution} needs a policy whose predict_chunk takes a prefix "
+                             f"(predict_chunk(window, prefix=...)); {worker.name} does not: use "
+                             "controller.execution=naive or ensemble with it")
+        self.buffer: ActionBuffer | EnsembleBuffer = make_buffer(execution, policy.chunk_len, policy.action_dim,
+                                                                 self.cfg.ensemble_decay)
+        self.delays = DelayEstimator(self.cfg.latency_window, self.cfg.latency_quantile, self.cfg.latency_initial_s,
+                                     self.dt)
         self.metrics = RunMetrics()
+        self._jumps = JumpMeter(self.metrics)
+        self._target: np.ndarray | None = None  # the buffer's target of this tick (before safety), None: a hold
         self.reader = ObservationReader(robot, self.cameras)
         self._obs: deque[dict[str, np.ndarray]] = deque(maxlen=policy.n_obs_steps)
         self._history: deque[np.ndarray] = deque(maxlen=policy.n_obs_steps)
@@ -154,10 +193,12 @@ class Controller:
             return
         self._failures = 0
         self.metrics.chunks_received += 1
+        self.delays.add(result.obs_tick, tick)
         self.metrics.dropped_stale_actions += self.buffer.insert_chunk(result.chunk, result.obs_tick, tick)
 
     def _command(self, tick: int, ages: dict[str, float], now: float) -> tuple[SafetyResult, str, int | None]:
         """(safety result, source of the command, obs tick of the chunk it came from)."""
+        self._target = None
         res = self.safety.check_staleness(ages, now)
         if res is not None:
             return res, "hold", None
@@ -170,6 +211,7 @@ class Controller:
             log.warning("tick %d: action buffer ran dry (underrun); holding the last safe target", tick)
             return self.safety.hold("underrun"), "hold", None
         action, chunk_tick = entry
+        self._target = action
         t0 = time.perf_counter()
         res = self.safety.check(action)
         self.metrics.safety_s.append(time.perf_counter() - t0)
@@ -183,6 +225,23 @@ class Controller:
                                       f"controller.max_rejected_actions={self.cfg.max_rejected_actions}): the "
                                       f"policy produces no usable actions; stopped")
         return res, "chunk", chunk_tick
+
+    def prefix(self, tick: int) -> ChunkPrefix | None:
+        """The ``ChunkPrefix`` for a request from ``tick`` (rtc/bid), None for naive/ensemble or when nothing is
+        committed (before the first chunk, after an underrun)."""
+        c = self.cfg
+        if c.execution not in ("rtc", "bid"):
+            return None
+        return build_prefix(self.buffer, tick, self.delays.ticks(), c.execution, c.rtc_max_guidance, c.rtc_decay,
+                            c.bid_samples, self.policy.chunk_len)
+
+    def _request(self, history: list[np.ndarray], tick: int, now: float) -> None:
+        prefix = self.prefix(tick)
+        if prefix is None:  # a worker written before prefixes existed keeps working
+            self.worker.submit(self.window(history), tick)
+        else:
+            self.worker.submit(self.window(history), tick, prefix=prefix)
+        self._submitted = (now, tick)
 
     def _want_chunk(self, tick: int) -> bool:
         if self.worker.busy:
@@ -242,11 +301,11 @@ class Controller:
                 raise ControllerError(f"observations stale for too long ({res.reasons}); stopped")
             sent = np.asarray(self.robot.write(res.command), dtype=np.float64)
             self._history.append(sent)
+            self._jumps.add(tick, self._target, chunk_tick)
             if self.cfg.keep_trace:
-                m.trace.append(TickRecord(tick, now, sent, source, chunk_tick))
+                m.trace.append(TickRecord(tick, now, sent, source, chunk_tick, self._target))
             if self._want_chunk(tick):
-                self.worker.submit(self.window(history_before), tick)
-                self._submitted = (now, tick)
+                self._request(history_before, tick, now)
             tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)
             m.overruns += skipped
         else:

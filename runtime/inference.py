@@ -8,6 +8,10 @@ comes back later, stamped with the tick of the observation it was predicted from
 - ``ProcessWorker``: a checkpoint served from a child process (``ChildProcessWorker`` serves any
   picklable policy loader). A child that dies is reported as a ``WorkerDied`` error naming its pid and
   exit code, never as a bare ``EOFError``.
+
+Every worker takes an optional ``prefix`` (``policy.protocol.ChunkPrefix``: what the controller has
+committed, for real-time chunking) with a request and hands it to ``predict_chunk(window, prefix=...)``;
+``accepts_prefix`` says whether its policy takes one (a policy without it is called as before).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policy.protocol import ChunkPolicy, PolicySpec
+from policy.protocol import ChunkPolicy, ChunkPrefix, PolicySpec, accepts_prefix
 from runtime.clock import Clock
 
 log = logging.getLogger("runtime.inference")
@@ -43,9 +47,11 @@ class InferenceResult:
     latency_s: float  # from submit to result, on the controller's clock
 
 
-def _predict(policy: ChunkPolicy, window: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, BaseException | None]:
+def _predict(policy: ChunkPolicy, window: Mapping[str, np.ndarray],
+             prefix: ChunkPrefix | None = None) -> tuple[np.ndarray | None, BaseException | None]:
     try:
-        chunk = np.asarray(policy.predict_chunk(window), dtype=np.float64)
+        out = policy.predict_chunk(window) if prefix is None else policy.predict_chunk(window, prefix=prefix)
+        chunk = np.asarray(out, dtype=np.float64)
         if chunk.shape != (policy.chunk_len, policy.action_dim):
             raise ValueError(f"policy returned a chunk of shape {chunk.shape}, expected "
                              f"({policy.chunk_len}, {policy.action_dim})")
@@ -56,7 +62,11 @@ def _predict(policy: ChunkPolicy, window: Mapping[str, np.ndarray]) -> tuple[np.
 
 
 class InferenceWorker(ABC):
-    """One request at a time: ``submit`` while idle, ``poll`` every tick. ``spec`` describes the policy."""
+    """One request at a time: ``submit`` while idle, ``poll`` every tick. ``spec`` describes the policy,
+    ``name`` names it in errors, ``accepts_prefix`` says whether it continues a ``ChunkPrefix``."""
+
+    accepts_prefix: bool = False
+    name: str = "the policy"
 
     def __init__(self, spec: PolicySpec, clock: Clock):
         self.spec, self.clock = spec, clock
@@ -66,7 +76,8 @@ class InferenceWorker(ABC):
     def busy(self) -> bool: ...
 
     @abstractmethod
-    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int) -> None: ...
+    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int, prefix: ChunkPrefix | None = None) -> None:
+        """Start a request from the observation of ``obs_tick``; ``prefix``: what the controller committed."""
 
     @abstractmethod
     def poll(self) -> InferenceResult | None:
@@ -82,9 +93,10 @@ class ThreadedWorker(InferenceWorker):
     def __init__(self, policy: ChunkPolicy, clock: Clock):
         super().__init__(PolicySpec.of(policy), clock)
         self.policy = policy
+        self.accepts_prefix, self.name = accepts_prefix(policy), type(policy).__name__
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._request: tuple[dict[str, np.ndarray], int, float] | None = None
+        self._request: tuple[dict[str, np.ndarray], int, float, ChunkPrefix | None] | None = None
         self._result: InferenceResult | None = None
         self._running = False
         self._closed = False
@@ -96,11 +108,11 @@ class ThreadedWorker(InferenceWorker):
         with self._lock:
             return self._running or self._request is not None
 
-    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int) -> None:
+    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int, prefix: ChunkPrefix | None = None) -> None:
         with self._lock:
             if self._running or self._request is not None:
                 raise RuntimeError("inference worker is busy; submit only when idle")
-            self._request = ({k: np.array(v) for k, v in window.items()}, obs_tick, self.clock.now())
+            self._request = ({k: np.array(v) for k, v in window.items()}, obs_tick, self.clock.now(), prefix)
         self._wake.set()
 
     def poll(self) -> InferenceResult | None:
@@ -119,8 +131,8 @@ class ThreadedWorker(InferenceWorker):
                 self._running = request is not None
             if request is None:
                 continue
-            window, obs_tick, t0 = request
-            chunk, err = _predict(self.policy, window)
+            window, obs_tick, t0, prefix = request
+            chunk, err = _predict(self.policy, window, prefix)
             with self._lock:
                 self._result = InferenceResult(obs_tick, chunk, err, self.clock.now() - t0)
                 self._running = False
@@ -141,6 +153,7 @@ class SimulatedLatencyWorker(InferenceWorker):
     def __init__(self, policy: ChunkPolicy, clock: Clock, latency: float | str = "measured"):
         super().__init__(PolicySpec.of(policy), clock)
         self.policy = policy
+        self.accepts_prefix, self.name = accepts_prefix(policy), type(policy).__name__
         if not (latency == "measured" or (isinstance(latency, (int, float)) and latency >= 0)):
             raise ValueError(f"latency must be >= 0 seconds or 'measured', got {latency!r}")
         self.latency = latency
@@ -150,11 +163,11 @@ class SimulatedLatencyWorker(InferenceWorker):
     def busy(self) -> bool:
         return self._pending is not None
 
-    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int) -> None:
+    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int, prefix: ChunkPrefix | None = None) -> None:
         if self._pending is not None:
             raise RuntimeError("inference worker is busy; submit only when idle")
         t_wall = time.perf_counter()
-        chunk, err = _predict(self.policy, window)
+        chunk, err = _predict(self.policy, window, prefix)
         latency = time.perf_counter() - t_wall if self.latency == "measured" else float(self.latency)
         self._pending = (InferenceResult(obs_tick, chunk, err, latency), self.clock.now() + latency)
 
@@ -177,10 +190,11 @@ def _load_checkpoint(checkpoint: str, device: str, num_threads: int, overrides: 
 
 
 def _serve_process(conn, load: Callable[[], ChunkPolicy]) -> None:
-    """Child process: ``load()`` the policy once, then answer (window, obs_tick) requests until None."""
+    """Child process: ``load()`` the policy once (answering ``ready`` with whether it accepts a prefix),
+    then answer (window, obs_tick, prefix) requests until None."""
     try:
         policy = load()
-        conn.send(("ready", None))
+        conn.send(("ready", accepts_prefix(policy)))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("load_error", repr(e)))
         return
@@ -188,8 +202,8 @@ def _serve_process(conn, load: Callable[[], ChunkPolicy]) -> None:
         request = conn.recv()
         if request is None:
             return
-        window, obs_tick = request
-        chunk, err = _predict(policy, window)
+        window, obs_tick, prefix = request
+        chunk, err = _predict(policy, window, prefix)
         # time.monotonic is one clock for all processes: the parent measures latency up to here
         conn.send(("result", (obs_tick, chunk, None if err is None else repr(err), time.monotonic())))
 
@@ -217,6 +231,7 @@ class ChildProcessWorker(InferenceWorker):
         import multiprocessing as mp
 
         super().__init__(spec, clock)
+        self.name = what
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve_process, args=(child, load), name="inference", daemon=True)
@@ -236,6 +251,7 @@ class ChildProcessWorker(InferenceWorker):
         if kind != "ready":
             self.close()
             raise RuntimeError(f"inference process could not load {what}: {payload}")
+        self.accepts_prefix = bool(payload)
 
     @property
     def pid(self) -> int | None:
@@ -257,12 +273,12 @@ class ChildProcessWorker(InferenceWorker):
         log.error("%s", err)
         return InferenceResult(-1, None, err, self.clock.now() - t0)
 
-    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int) -> None:
+    def submit(self, window: Mapping[str, np.ndarray], obs_tick: int, prefix: ChunkPrefix | None = None) -> None:
         if self.busy:
             raise RuntimeError("inference worker is busy; submit only when idle")
         now = self.clock.now()
         try:
-            self._conn.send(({k: np.asarray(v) for k, v in window.items()}, obs_tick))
+            self._conn.send(({k: np.asarray(v) for k, v in window.items()}, obs_tick, prefix))
         except (OSError, EOFError, ValueError):  # BrokenPipeError, ConnectionResetError, a closed pipe
             self._dead = self._died(now, "before a request")
             return

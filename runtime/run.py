@@ -128,7 +128,7 @@ def main() -> None:
                 estop.listen_keys(("ESC", "q"))  # the software e-stop key
             try:
                 metrics = run(cfg, estop.event)
-            except (ControllerError, DriverError, RuntimeError) as e:  # failed to start: no metrics to print
+            except (ControllerError, DriverError, RuntimeError, ValueError) as e:  # failed to start: no metrics
                 sys.exit(f"run could not start: {type(e).__name__}: {e}")
         print({k: v for k, v in metrics.summary().items() if v is not None})
         if metrics.stop_reason not in ("completed", "stop_requested"):
