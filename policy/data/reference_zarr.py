@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from policy.data.interop import KeyMap, map_episode
-from policy.data.replay_buffer import DatasetError, ReplayBuffer, storage_dtype, check_spec
+from policy.data.replay_buffer import DatasetError, ReplayBuffer, check_spec, storage_dtype
 
 
 class KeyMappedBuffer:

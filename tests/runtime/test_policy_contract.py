@@ -15,7 +15,7 @@ from runtime.drivers.fake import FakeCamera, FakeRobot
 from runtime.inference import SimulatedLatencyWorker
 from runtime.safety import SafetyConfig, SafetyLayer
 
-from .fakes import DT, Z, ScriptedPolicy, x_at
+from .fakes import DT, ScriptedPolicy, Z, x_at
 
 START = np.array([x_at(0), 0.05, Z, 1, 0, 0, 0, 1, 0])
 
