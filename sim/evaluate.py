@@ -13,7 +13,9 @@ training demos (read from the dataset folder the checkpoint was trained on). The
 collected with (``env``: a moved camera, randomization) apply as well, under those given here.
 
 Writes ``<out>/eval.json`` (success rate with a 95 % Wilson interval, mean score, episode lengths,
-one record per episode) and ``<out>/videos/episode_<i>_seed_<s>.mp4`` (scene | wrist, side by side)
+one record per episode, with the jumps between consecutive targets at chunk switches and within chunks
+and the safety layer's rate-limit interventions; with ``controller.keep_trace`` the jump series too)
+and ``<out>/videos/episode_<i>_seed_<s>.mp4`` (scene | wrist, side by side)
 for the first ``videos`` episodes.
 
 ``task=gym`` (or a non-empty ``gym.id``; by default the mapping recorded with the training demos) runs a
@@ -184,6 +186,7 @@ def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool 
     from runtime.clock import SimClock
     from runtime.controller import Controller
     from runtime.inference import SimulatedLatencyWorker
+    from runtime.metrics import JUMP_SERIES
     from sim.drivers import EpisodeOutcome, task_drivers
     from sim.gym_adapter import GymAdapter
     from sim.gym_drivers import gym_drivers
@@ -219,7 +222,10 @@ def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool 
            "steps": outcome.steps, "underruns": m.underruns, "chunks": m.chunks_received,
            "inference_failures": m.inference_failures, "interventions": dict(m.interventions),
            "inference_ms_mean": round(float(lat.mean()) * 1e3, 3) if lat.size else None,
-           "stop_reason": m.stop_reason, "error": (m.error or m.stop_reason) if faulted else None}
+           "stop_reason": m.stop_reason, "error": (m.error or m.stop_reason) if faulted else None,
+           **{k: round(v, 6) if isinstance(v, float) else v for k, v in m.jump_summary().items()}}
+    if cfg.controller.keep_trace:  # the jump series themselves, to pool over episodes (bench_realtime)
+        rec["jumps"] = {name: [round(x, 7) for x in getattr(m, name)] for name in JUMP_SERIES}
     if outcome.frames:
         rec["frames"] = np.stack(outcome.frames)
     return rec
