@@ -244,3 +244,34 @@ def test_evaluate_writes_the_faults_into_eval_json(trained, tmp_path):
     saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert saved["faults"] == 2 and saved["successes"] == 0 and len(saved["episodes"]) == 2
     assert all(r["stop_reason"] == "fault" and "timeout" in r["error"].lower() for r in s["episodes"])
+
+
+def test_the_shipped_configs_take_the_execution_keys_and_an_episode_reports_its_jumps(env):
+    """controller.execution and its parameters pass from configs/evaluate.yaml and configs/run.yaml through
+    EvalConfig to the controller; an ensembled episode records its jump figures and, with keep_trace, the series."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from runtime.clock import SimClock
+    from runtime.run import RunConfig
+
+    conf_dir = str(Path(__file__).resolve().parents[2] / "configs")
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        e = compose(config_name="evaluate", overrides=["checkpoint=x", "controller.execution=ensemble",
+                                                       "controller.ensemble_decay=0.1", "latency=0.2"])
+        r = compose(config_name="run", overrides=["checkpoint=x", "controller.execution=rtc"])
+    cfg = from_dict(EvalConfig, OmegaConf.to_container(e, resolve=True))
+    assert cfg.controller.execution == "ensemble" and cfg.controller.ensemble_decay == 0.1
+    assert from_dict(RunConfig, OmegaConf.to_container(r, resolve=True)).controller.latency_quantile == 0.9
+    with pytest.raises(ConfigError, match="controller.execution must be one of naive, rtc, bid, ensemble"):
+        from_dict(EvalConfig, {"checkpoint": "x", "controller": {"execution": "smooth"}})
+    cfg.controller.keep_trace, cfg.max_steps = True, 40
+    demo = rollout(env, 5, keep_obs=False)
+    clock = SimClock()
+    rec = run_episode(env, ReplayPolicy(demo["actions"], clock), cfg, seed=5, clock=clock)
+    assert rec["error"] is None and rec["chunks"] > 2 and rec["chunk_switches"] >= 1
+    assert len(rec["jumps"]["switch_jump_m"]) == rec["chunk_switches"] and rec["within_jump_m_p95"] is not None
+    assert rec["limit_interventions"] == sum(rec["interventions"].get(k, 0)
+                                             for k in ("speed", "accel", "rot_speed", "rot_accel"))
