@@ -120,7 +120,8 @@ class Policy:
         if prefix is None:
             with torch.inference_mode():
                 return self._sample(batch, gen)[0]
-        return self._continue(batch, gen, prefix)
+        with torch.inference_mode(False):  # works even when a caller wraps the call in inference_mode
+            return self._continue(batch, gen, prefix)
 
     def _continue(self, batch: Mapping[str, np.ndarray], gen: torch.Generator | None,
                   prefix: ChunkPrefix) -> np.ndarray:

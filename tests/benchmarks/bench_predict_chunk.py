@@ -6,13 +6,17 @@ One observation window (two 96x96 cameras, the default config's To and chunk len
 taken from a synthetic episode; untrained weights (latency does not depend on them). Each
 variant gets 10 warm-up calls, then ``--calls`` timed calls (time.perf_counter around
 ``predict_chunk`` only). The encoder alone and one U-Net step are timed too, to show where the
-time goes. Figures go to tests/benchmarks/results/predict_chunk.json (see DESIGN.md, style 10).
+time goes. The default config also runs each way of continuing a committed prefix (issue 13): ``rtc``
+(guided sampling, one backward pass per step; d = 3 of a P = 8 prefix) and ``bid`` (16 samples as one
+batch), against the 10 Hz loop's 100 ms and the target "default strategy's p50 <= 40 ms on 1 thread".
+Figures go to tests/benchmarks/results/predict_chunk.json (see DESIGN.md, style 10).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,9 +43,13 @@ from policy.data.synthetic import make_synthetic_dataset
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
 from policy.normalizer import Normalizer
 from policy.policy import Policy
+from policy.protocol import ChunkPrefix
 
 TARGET_DEFAULT_MS = 20.0  # the issue's target for the default config's median predict_chunk latency
 WARMUP_CALLS = 10
+LOOP_BUDGET_MS = 100.0  # one tick of the 10 Hz control loop
+TARGET_STRATEGY_MS = 40.0  # the issue's target: the default strategy's chunk p50 on 1 thread
+PREFIX_LEN, PREFIX_DELAY, BID_SAMPLES = 8, 3, 16
 # name -> objective overrides applied to the default config
 SAMPLERS: dict[str, dict[str, Any]] = {
     "ddim10": {"name": "ddpm", "sampler": "ddim", "num_inference_steps": 10},
@@ -90,6 +98,21 @@ def time_calls(fn: Callable[[], object], calls: int, warmup: int = WARMUP_CALLS)
     return times
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], calls: int, warmup: int = WARMUP_CALLS,
+                     ) -> dict[str, list[float]]:
+    """Seconds per call of each ``fns[name]``, called in turn (one of each per round) ``calls`` rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(calls):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--calls", type=int, default=100,
@@ -103,6 +126,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    load_start = os.getloadavg()[0]  # other work on the machine inflates every figure; recorded with them
     base = load_default_policy_dict()
     cfg = from_dict(PolicyConfig, base)
     with tempfile.TemporaryDirectory(prefix="bench_predict_chunk_") as tmp:
@@ -119,7 +143,17 @@ def main() -> None:
     if out.shape != (cfg.chunk_len, cfg.action_dim) or not np.all(np.isfinite(out)):
         raise RuntimeError(f"predict_chunk returned {out.shape} (finite: {np.all(np.isfinite(out))})")
     n_params = sum(p.numel() for p in model.parameters())
-    default = latency_stats_ms(time_calls(lambda: policy.predict_chunk(window), default_calls))
+    # naive and each way of continuing a committed prefix (a previous chunk's rows 0..P-1, robot units),
+    # interleaved call by call so that other load on the machine weighs on all three alike
+    strategies = {
+        "naive": None,
+        "rtc": ChunkPrefix(out[:PREFIX_LEN], PREFIX_DELAY, "rtc"),
+        "bid": ChunkPrefix(out[:PREFIX_LEN], PREFIX_DELAY, "bid", samples=BID_SAMPLES),
+    }
+    timed = time_interleaved({name: (lambda pr=pr: policy.predict_chunk(window, prefix=pr))
+                              for name, pr in strategies.items()}, default_calls)
+    default = latency_stats_ms(timed.pop("naive"))
+    per_strategy = {name: latency_stats_ms(t) for name, t in timed.items()}
 
     inputs = to_model_inputs({k: v[None] for k, v in window.items()}, cfg, normalizer, torch.device("cpu"))
     with torch.inference_mode():
@@ -146,6 +180,9 @@ def main() -> None:
         return name, s["median"], s["p90"], s["p99"], s["mean"], n
 
     rows = [row(f"default ({dname})", default, default_calls)]
+    rows += [row(f"default {name} (d={PREFIX_DELAY}, P={PREFIX_LEN}"
+                 + (f", {BID_SAMPLES} samples)" if name == "bid" else ")"), s, default_calls)
+             for name, s in per_strategy.items()]
     rows += [row(name, s, calls) for name, s in per_sampler.items()]
     rows += [row("  default encoder only", encoder, default_calls),
              row("  default one U-Net step", unet, default_calls)]
@@ -159,6 +196,12 @@ def main() -> None:
     print(f"target (issue): default predict_chunk median <= {TARGET_DEFAULT_MS:.0f} ms: "
           f"{default['median']:.2f} ms, {verdict}")
 
+    for name, s in {"naive": default, **per_strategy}.items():
+        verdict = "met" if s["median"] <= TARGET_STRATEGY_MS else "NOT met"
+        print(f"{name}: median {s['median']:.2f} ms, p99 {s['p99']:.2f} ms = {s['p99'] / LOOP_BUDGET_MS:.0%} of "
+              f"the 10 Hz loop's {LOOP_BUDGET_MS:.0f} ms; target p50 <= {TARGET_STRATEGY_MS:.0f} ms "
+              f"(on 1 thread; this run: {torch.get_num_threads()}): {verdict}")
+
     results: dict[str, Any] = {
         "default_predict_chunk_ms_median": default["median"],
         "default_predict_chunk_ms_p90": default["p90"],
@@ -169,6 +212,19 @@ def main() -> None:
         "default_params_millions": n_params / 1e6,
         "target_default_predict_chunk_ms": TARGET_DEFAULT_MS,
     }
+    for name, s in per_strategy.items():
+        for stat in ("median", "p90", "p99", "mean"):
+            results[f"default_{name}_predict_chunk_ms_{stat}"] = s[stat]
+        results[f"default_{name}_over_naive_median_ratio"] = s["median"] / default["median"]
+    results.update({
+        "loop_budget_ms": LOOP_BUDGET_MS,
+        "target_strategy_predict_chunk_ms_median_1thread": TARGET_STRATEGY_MS,
+        "prefix_len": PREFIX_LEN,
+        "prefix_delay": PREFIX_DELAY,
+        "bid_samples": BID_SAMPLES,
+        "load_average_1min_start": load_start,
+        "load_average_1min_end": os.getloadavg()[0],
+    })
     for name, s in per_sampler.items():
         results[f"{name}_predict_chunk_ms_median"] = s["median"]
         results[f"{name}_predict_chunk_ms_p90"] = s["p90"]

@@ -212,6 +212,9 @@ def test_policy_continues_a_prefix(data, name, sampler):
     guided = policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3))
     assert policy.last_continuation["max_guidance_weight"] == pytest.approx(5.0)
     assert not np.array_equal(guided[3:], plain[3:])
+    with torch.inference_mode():  # a caller's inference_mode does not break the guidance's autograd
+        np.testing.assert_array_equal(policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3)),
+                                      guided)
     # prefix=None after prefix calls: unchanged (stateless)
     np.testing.assert_array_equal(policy.predict_chunk(win, seed=3), plain)
 
