@@ -84,7 +84,6 @@ class EnsembleBuffer:
         self._tick = np.full(chunk_len, -1, dtype=np.int64)  # (R,) tick held by each slot, -1: none
         self._newest = np.full(chunk_len, -1, dtype=np.int64)  # (R,) obs tick of the newest chunk in a slot
         self.chunk_tick: int | None = None
-        self._popped: tuple[int, np.ndarray] | None = None
 
     def insert_chunk(self, chunk: np.ndarray, obs_tick: int, now_tick: int) -> int:
         """Add ``chunk`` (Tp, A) stamped from ``obs_tick`` to the ticks from ``now_tick`` on; returns how many
@@ -120,7 +119,6 @@ class EnsembleBuffer:
         except DegenerateRotation:
             pass  # opposite rotations averaged to nothing: the safety layer rejects it and holds
         self._tick[s] = -1
-        self._popped = (tick, action)
         return action, int(self._newest[s])
 
     def remaining(self, tick: int) -> int:
