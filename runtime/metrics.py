@@ -4,7 +4,7 @@ Chunk joins: ``JumpMeter`` measures, tick by tick, the jump between consecutive 
 action buffer (the policy's targets the controller hands to the safety layer, before its limits), split
 into chunk switches (the two targets come from different chunks) and steps within a chunk; pairs next to
 a hold (start-up, underrun, stale observations) or across a skipped tick are left out. ``limit_interventions``
-counts the ticks' speed and acceleration limits of the safety layer (``LIMIT_REASONS``).
+counts the ticks' speed and acceleration limits of the safety layer (``runtime.safety.RATE_LIMITS``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 
 from policy.keys import ACTION_LAYOUT as LAYOUT
 from runtime.rotation import DegenerateRotation, mat3_mul_t, mat3_to_axis_angle, rot6d_to_mat3
+from runtime.safety import RATE_LIMITS
 
-LIMIT_REASONS = ("speed", "accel", "rot_speed", "rot_accel")  # the safety layer's rate limits
 JUMP_SERIES = ("switch_jump_m", "switch_jump_rad", "within_jump_m", "within_jump_rad")
 
 
@@ -79,7 +79,7 @@ class RunMetrics:
         out: dict[str, Any] = {"chunk_switches": len(self.switch_jump_m)}
         for name in JUMP_SERIES:
             out.update(_mean_p95(getattr(self, name), name))
-        out["limit_interventions"] = sum(self.interventions[r] for r in LIMIT_REASONS)
+        out["limit_interventions"] = sum(self.interventions[r] for r in RATE_LIMITS)
         return out
 
     def summary(self) -> dict[str, Any]:

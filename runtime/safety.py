@@ -40,6 +40,7 @@ from runtime.rotation import (
 log = logging.getLogger("runtime.safety")
 
 REJECTED = frozenset({"nonfinite_action", "degenerate_rotation"})  # reasons that refuse an action: the robot holds
+RATE_LIMITS = ("speed", "accel", "rot_speed", "rot_accel")  # reasons that slow a target down (rate limits)
 
 # field: (lower bound (exclusive), upper bound (inclusive), unit, the unit a too large value was likely meant in)
 LIMIT_BOUNDS: dict[str, tuple[float, float, str, str]] = {
@@ -175,8 +176,9 @@ class SafetyLayer:
     def _note(self, reasons: list[str], reason: str) -> None:
         """Record one intervention: counted always, logged the first time its reason occurs."""
         reasons.append(reason)
-        if reason not in self.counts:
-            log.warning("safety: first %r intervention (the rest are counted in the run's metrics)", reason)
+        if reason not in self.counts:  # rate limits are routine (INFO); clips and rejections are warnings
+            log.log(logging.INFO if reason in RATE_LIMITS else logging.WARNING,
+                    "safety: first %r intervention (the rest are counted in the run's metrics)", reason)
         self.counts[reason] += 1
 
     def _clip_static(self, cmd: list[float], reasons: list[str]) -> list[float]:
