@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from policy.objectives import DDPMObjective, FlowObjective, _randn
+from policy.objectives import DDPMObjective, FlowObjective, randn
 
 NetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BID_DECAY = 0.9  # BID's weight per row after the delay: rho ** (i - d + 1)
@@ -148,7 +148,7 @@ def rtc_sample(objective: DDPMObjective | FlowObjective, net_fn: NetFn, cond: to
 
     Raises ValueError for DDPM ancestral sampling (RTC needs a deterministic sampler: euler or ddim).
     """
-    x = _randn((cond.shape[0], *shape), generator, cond.device)  # (B, Tp, A)
+    x = randn((cond.shape[0], *shape), generator, cond.device)  # (B, Tp, A)
     if isinstance(objective, FlowObjective):
         return guided_flow_sample(net_fn, x, cond, steps, target, weights, beta, objective.time_scale,
                                   objective.cfg.clip_sample, info)

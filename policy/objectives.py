@@ -40,7 +40,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, dim_weight: torch.Tenso
     return sq.sum() / (dim_weight.sum().clamp(min=1) * pred.shape[0] * pred.shape[1])
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
@@ -64,7 +64,7 @@ class DDPMObjective:
         """actions (B, T, A) normalized, cond (B, C) -> scalar MSE on the predicted noise."""
         b = actions.shape[0]
         t = (_rand((b,), generator, actions.device) * self.n_train).long().clamp_(max=self.n_train - 1)
-        noise = _randn(tuple(actions.shape), generator, actions.device)
+        noise = randn(tuple(actions.shape), generator, actions.device)
         ab = self.alphas_cumprod.to(actions.device)[t].float()[:, None, None]  # (B, 1, 1)
         noisy = ab.sqrt() * actions + (1 - ab).sqrt() * noise
         return masked_mse(net(noisy, t.float(), cond), noise, dim_weight)
@@ -85,7 +85,7 @@ class DDPMObjective:
                generator: torch.Generator | None = None) -> torch.Tensor:
         """cond (B, C) -> actions (B, T, A) normalized, for ``shape`` = (T, A)."""
         b = cond.shape[0]
-        x = _randn((b, *shape), generator, cond.device)
+        x = randn((b, *shape), generator, cond.device)
         ab_all = self.alphas_cumprod.tolist()
         ts = self.timesteps(steps)
         for i, t in enumerate(ts):
@@ -105,7 +105,7 @@ class DDPMObjective:
                 x = mean = c0 * x0 + ct * x
                 if t_prev >= 0:
                     var = max((1 - ab_prev) / (1 - ab) * beta, 1e-20)
-                    x = mean + math.sqrt(var) * _randn(tuple(x.shape), generator, x.device)
+                    x = mean + math.sqrt(var) * randn(tuple(x.shape), generator, x.device)
         return x
 
 
@@ -128,7 +128,7 @@ class FlowObjective:
         """actions (B, T, A) normalized, cond (B, C) -> scalar MSE on the predicted velocity."""
         b = actions.shape[0]
         t = self._sample_t(b, generator, actions.device)
-        noise = _randn(tuple(actions.shape), generator, actions.device)
+        noise = randn(tuple(actions.shape), generator, actions.device)
         tt = t[:, None, None]  # (B, 1, 1)
         x_t = tt * actions + (1 - tt) * noise
         return masked_mse(net(x_t, t * self.time_scale, cond), actions - noise, dim_weight)
@@ -137,7 +137,7 @@ class FlowObjective:
     def sample(self, net: nn.Module, cond: torch.Tensor, shape: tuple[int, int], steps: int, sampler: str,
                generator: torch.Generator | None = None) -> torch.Tensor:
         b = cond.shape[0]
-        x = _randn((b, *shape), generator, cond.device)
+        x = randn((b, *shape), generator, cond.device)
         dt = 1.0 / steps
         for i in range(steps):
             t = torch.full((b,), i * dt * self.time_scale, device=cond.device)
