@@ -154,6 +154,13 @@ class Policy:
             chunk = samples[idx]
         with torch.no_grad():
             out = self.normalizer.unnormalize(keys.ACTION, chunk.float()).cpu().numpy().astype(np.float32)
+        if prefix.method == "rtc":
+            # Our policies are nearly deterministic given the observation: the clean estimate hardly depends on
+            # the noise, so guidance (a gradient through it) closes little of the gap to the prefix (measured on
+            # pick_place: 16 -> 14 mm over the overlap, even with beta = 100). The rest is closed in action space
+            # with the same soft mask: rows < d become the committed ones, the overlap fades into the new plan.
+            wb = rtc_weights(d, n_rows, self.chunk_len, prefix.decay).numpy()[:n_rows, None]  # (P, 1)
+            out[:n_rows, varying] = (wb * p + (1 - wb) * out[:n_rows])[:, varying]
         out[:d] = p[:d]  # the rows that execute before the chunk arrives: exactly the committed ones
         self.last_continuation = info
         return out

@@ -205,13 +205,17 @@ def test_policy_continues_a_prefix(data, name, sampler):
                                                                       (5, const.sum())))
         assert policy.last_continuation["method"] == method
     assert 0 <= policy.last_continuation["bid_index"] < 4
-    # beta = 0: plain sampling exactly, apart from the committed rows
+    # beta = 0: plain sampling exactly past the prefix; over the overlap the soft mask blends it into the prefix
     zero = policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3, max_guidance=0.0))
-    np.testing.assert_array_equal(zero[3:], plain[3:])
+    np.testing.assert_array_equal(zero[6:], plain[6:])
+    w = np.exp(-0.5 * (np.arange(3, 6) - 3 + 1))[:, None]  # rows d..P-1 of the default decay 0.5
+    varying = ~const
+    np.testing.assert_allclose(zero[3:6, varying], (w * committed[3:6] + (1 - w) * plain[3:6])[:, varying],
+                               rtol=1e-5, atol=1e-6)
     assert policy.last_continuation["max_guidance_weight"] == 0.0
     guided = policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3))
     assert policy.last_continuation["max_guidance_weight"] == pytest.approx(5.0)
-    assert not np.array_equal(guided[3:], plain[3:])
+    assert not np.array_equal(guided[6:], plain[6:])
     with torch.inference_mode():  # a caller's inference_mode does not break the guidance's autograd
         np.testing.assert_array_equal(policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3)),
                                       guided)
