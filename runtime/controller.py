@@ -77,8 +77,8 @@ class ControllerConfig:
              f"controller.max_rejected_actions must be >= 1 (ticks), got {self.max_rejected_actions}")
         need(0 < self.inference_timeout_s <= 600,
              f"controller.inference_timeout_s must be in (0, 600] s, got {self.inference_timeout_s!r}")
-        need(self.execution in EXECUTIONS,
-             f"controller.execution must be one of {', '.join(EXECUTIONS)}, got {self.execution!r}")
+        need(self.execution in (*EXECUTIONS, "auto"),
+             f"controller.execution must be one of auto, {', '.join(EXECUTIONS)}, got {self.execution!r}")
         need(0 <= self.rtc_max_guidance <= 1e3,
              f"controller.rtc_max_guidance must be in [0, 1000], got {self.rtc_max_guidance!r}")
         need(0 <= self.rtc_decay <= 100,
@@ -130,6 +130,10 @@ class Controller:
                              f"(cameras: {sorted(self.cameras)})")
         check_rate(policy.control_hz, self.cfg)
         execution = self.cfg.execution
+        if execution == "auto":  # rtc where the policy can continue a prefix, naive otherwise
+            execution = "rtc" if worker.accepts_prefix else "naive"
+            log.info("controller.execution=auto: %s (%s)", execution, worker.name)
+        self.execution = execution  # naive | rtc | bid | ensemble
         if execution in ("rtc", "bid") and not worker.accepts_prefix:
             raise ValueError(f"controller.execution={execution} needs a policy whose predict_chunk takes a prefix "
                              f"(predict_chunk(window, prefix=...)); {worker.name} does not: use "
@@ -230,9 +234,9 @@ class Controller:
         """The ``ChunkPrefix`` for a request from ``tick`` (rtc/bid), None for naive/ensemble or when nothing is
         committed (before the first chunk, after an underrun)."""
         c = self.cfg
-        if c.execution not in ("rtc", "bid"):
+        if self.execution not in ("rtc", "bid"):
             return None
-        return build_prefix(self.buffer, tick, self.delays.ticks(), c.execution, c.rtc_max_guidance, c.rtc_decay,
+        return build_prefix(self.buffer, tick, self.delays.ticks(), self.execution, c.rtc_max_guidance, c.rtc_decay,
                             c.bid_samples, self.policy.chunk_len)
 
     def _request(self, history: list[np.ndarray], tick: int, now: float) -> None:

@@ -116,6 +116,18 @@ def test_a_policy_without_a_prefix_works_with_naive_and_is_refused_for_rtc_at_st
     assert policy.prefixes and all(p is None for p in policy.prefixes)
 
 
+def test_auto_execution_is_rtc_for_a_policy_that_takes_a_prefix_and_naive_otherwise():
+    ctrl = _controller(ScriptedPolicy(), 0.3, execution="auto")
+    assert ctrl.execution == "naive"
+    assert ctrl.run(max_ticks=30).stop_reason == "completed"
+    policy = PrefixPolicy()
+    ctrl = _controller(policy, 0.3, execution="auto")
+    assert ctrl.execution == "rtc"
+    ctrl.run(max_ticks=30)
+    sent = [p for p in policy.prefixes if p is not None]
+    assert sent and all(p.method == "rtc" for p in sent)
+
+
 @pytest.mark.parametrize("field, value", [("execution", "smooth"), ("rtc_max_guidance", -1.0), ("rtc_decay", -0.1),
                                           ("bid_samples", 0), ("latency_quantile", 0.0), ("latency_window", 0),
                                           ("latency_initial_s", -0.1), ("ensemble_decay", float("nan"))])
