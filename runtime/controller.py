@@ -58,7 +58,9 @@ class ControllerConfig:
     inference_timeout_s: float = 5.0  # s on the controller's clock: a request unanswered this long stops the run
     keep_trace: bool = False  # record every tick's command (tests, evaluation)
     allow_rate_mismatch: bool = False  # run a checkpoint at another rate than its demos' (chunk timing shifts)
-    execution: str = "naive"  # how chunks are joined: naive | rtc | bid | ensemble (runtime.execution)
+    execution: str = "auto"  # how chunks are joined: auto (rtc if the policy takes a prefix, else naive) | naive |
+    # rtc | bid | ensemble (runtime.execution); auto by measurement: rtc halves the jumps at chunk switches and
+    # the safety layer's rate-limit interventions on pick_place and push_t at equal success (README)
     rtc_max_guidance: float = 5.0  # rtc: clip of the guidance weight (beta); 0: plain sampling
     rtc_decay: float = 0.5  # rtc: soft mask over the overlap, exp(-decay * (i - d + 1)) after the d fixed entries
     bid_samples: int = 16  # bid: candidate chunks sampled as one batch

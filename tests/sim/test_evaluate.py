@@ -265,7 +265,7 @@ def test_the_shipped_configs_take_the_execution_keys_and_an_episode_reports_its_
     cfg = from_dict(EvalConfig, OmegaConf.to_container(e, resolve=True))
     assert cfg.controller.execution == "ensemble" and cfg.controller.ensemble_decay == 0.1
     assert from_dict(RunConfig, OmegaConf.to_container(r, resolve=True)).controller.latency_quantile == 0.9
-    with pytest.raises(ConfigError, match="controller.execution must be one of naive, rtc, bid, ensemble"):
+    with pytest.raises(ConfigError, match="controller.execution must be one of auto, naive, rtc, bid, ensemble"):
         from_dict(EvalConfig, {"checkpoint": "x", "controller": {"execution": "smooth"}})
     cfg.controller.keep_trace, cfg.max_steps = True, 40
     demo = rollout(env, 5, keep_obs=False)
