@@ -121,17 +121,20 @@ class JumpMeter:
             self._prev = None
             return
         values = target.tolist()
-        try:
-            rot = rot6d_to_mat3(values[LAYOUT.rotation])
-        except DegenerateRotation:
-            self._prev = None
-            return
-        pos = values[LAYOUT.position]
+        if len(values) < LAYOUT.dim:  # a mapped env's own action (e.g. a 2-D push target): all position
+            pos, rot = values, None
+        else:
+            try:
+                rot = rot6d_to_mat3(values[LAYOUT.rotation])
+            except DegenerateRotation:
+                self._prev = None
+                return
+            pos = values[LAYOUT.position]
         prev, self._prev = self._prev, (tick, pos, rot, chunk_obs_tick)
         if prev is None or prev[0] != tick - 1:
             return
         step = math.dist(pos, prev[1])
-        angle = math.hypot(*mat3_to_axis_angle(mat3_mul_t(rot, prev[2])))
+        angle = 0.0 if rot is None else math.hypot(*mat3_to_axis_angle(mat3_mul_t(rot, prev[2])))
         if not (math.isfinite(step) and math.isfinite(angle)):
             return
         m = self.metrics
