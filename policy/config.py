@@ -17,6 +17,8 @@ from policy.data.interop import KeyMap
 BACKBONES = ("small_cnn", "resnet18")
 OBJECTIVES = ("ddpm", "flow")
 SAMPLERS = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",)}
+FLOW_PREDICTIONS = ("velocity", "sample")
+FLOW_TIME_SAMPLING = ("uniform", "beta", "logit_normal", "u_shaped")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOGGERS = ("tensorboard", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -77,7 +79,11 @@ class ObjectiveConfig:
     num_inference_steps: int = 4
     num_train_timesteps: int = 100  # ddpm only
     clip_sample: bool = True  # ddpm: clip the predicted clean sample to [-1, 1]
-    flow_time_sampling: str = "uniform"  # flow only: uniform | beta (more weight near the noise end)
+    # flow only: where training draws t in [0, 1] (0 noise, 1 data): uniform | beta (more weight near the noise
+    # end) | logit_normal (sigmoid of N(0, 1): the middle) | u_shaped (arcsine, Beta(0.5, 0.5): both ends)
+    flow_time_sampling: str = "uniform"
+    flow_prediction: str = "velocity"  # flow only: velocity (data - noise) | sample (the clean chunk, as L1 Flow)
+    loss: str = "mse"  # mse | l1 (on the velocity, the clean chunk or the noise, whichever the net predicts)
 
     def __post_init__(self) -> None:
         need(self.name in OBJECTIVES, f"objective.name must be one of {OBJECTIVES}, got {self.name!r}")
@@ -88,8 +94,11 @@ class ObjectiveConfig:
         limit = self.num_train_timesteps if self.name == "ddpm" else 1000
         need(1 <= self.num_inference_steps <= limit,
               f"objective.num_inference_steps must be in [1, {limit}], got {self.num_inference_steps}")
-        need(self.flow_time_sampling in ("uniform", "beta"),
-              f"objective.flow_time_sampling must be uniform or beta, got {self.flow_time_sampling!r}")
+        need(self.flow_time_sampling in FLOW_TIME_SAMPLING,
+              f"objective.flow_time_sampling must be one of {FLOW_TIME_SAMPLING}, got {self.flow_time_sampling!r}")
+        need(self.flow_prediction in FLOW_PREDICTIONS,
+              f"objective.flow_prediction must be one of {FLOW_PREDICTIONS}, got {self.flow_prediction!r}")
+        need(self.loss in ("mse", "l1"), f"objective.loss must be mse or l1, got {self.loss!r}")
 
 
 @dataclass
@@ -179,7 +188,7 @@ class TrainConfig:
     ckpt_every: int = 1000
     log_every: int = 50
     device: str = "auto"  # auto | cpu | cuda | mps
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bfloat16 autocast on CUDA and on CPUs with native bf16 (policy.hardware); else float32
     compile: bool = False  # torch.compile the networks
     resume: bool = False  # continue from out_dir/checkpoints/latest
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default

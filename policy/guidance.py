@@ -150,8 +150,8 @@ def rtc_sample(objective: DDPMObjective | FlowObjective, net_fn: NetFn, cond: to
     """
     x = randn((cond.shape[0], *shape), generator, cond.device)  # (B, Tp, A)
     if isinstance(objective, FlowObjective):
-        return guided_flow_sample(net_fn, x, cond, steps, target, weights, beta, objective.time_scale,
-                                  objective.cfg.clip_sample, info)
+        return guided_flow_sample(objective.velocity_fn(net_fn), x, cond, steps, target, weights, beta,
+                                  objective.time_scale, objective.cfg.clip_sample, info)
     if sampler != "ddim":
         raise ValueError(f"rtc needs the euler (flow) or ddim sampler, not {sampler!r}; "
                          "load the policy with sampler='ddim' or use method 'bid'")

@@ -3,7 +3,7 @@
 - ``DDPMObjective``: epsilon prediction, squared-cosine noise schedule, sampled with DDPM
   (ancestral, strided when fewer steps than training steps) or DDIM (deterministic, eta = 0).
 - ``FlowObjective``: flow matching on the linear path ``x_t = t * x_data + (1 - t) * noise``
-  with velocity prediction, sampled with Euler from t = 0 (noise) to t = 1 (data).
+  with velocity or clean-chunk prediction, sampled with Euler from t = 0 (noise) to t = 1 (data).
 
 Both work in normalized action units; the loss skips action dimensions that are constant in the
 training data (``dim_weight``), since the normalizer maps their predictions back to the constant.
@@ -40,6 +40,14 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, dim_weight: torch.Tenso
     return sq.sum() / (dim_weight.sum().clamp(min=1) * pred.shape[0] * pred.shape[1])
 
 
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, dim_weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean absolute error over (B, T, A), counting only the action dimensions with weight 1 in ``dim_weight``."""
+    if dim_weight is None:
+        return F.l1_loss(pred, target)
+    ab = (pred - target).abs() * dim_weight  # (B, T, A)
+    return ab.sum() / (dim_weight.sum().clamp(min=1) * pred.shape[0] * pred.shape[1])
+
+
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
@@ -67,7 +75,8 @@ class DDPMObjective:
         noise = randn(tuple(actions.shape), generator, actions.device)
         ab = self.alphas_cumprod.to(actions.device)[t].float()[:, None, None]  # (B, 1, 1)
         noisy = ab.sqrt() * actions + (1 - ab).sqrt() * noise
-        return masked_mse(net(noisy, t.float(), cond), noise, dim_weight)
+        pred = net(noisy, t.float(), cond).float()  # float: under bf16 autocast the loss stays float32
+        return (masked_l1 if self.cfg.loss == "l1" else masked_mse)(pred, noise, dim_weight)
 
     def timesteps(self, steps: int) -> list[int]:
         """Descending training timesteps visited by a sampler with ``steps`` steps.
@@ -110,28 +119,53 @@ class DDPMObjective:
 
 
 class FlowObjective:
-    """Flow matching, linear path, velocity prediction; ``sample`` integrates with Euler."""
+    """Flow matching on the linear path; the net predicts the velocity (``flow_prediction=velocity``) or the clean
+    chunk (``sample``, as L1 Flow, arXiv 2511.17898); ``sample`` integrates with Euler either way (with a clean
+    prediction the velocity is ``(x1_hat - x_t) / (1 - t)``, so the last step lands on the prediction)."""
 
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
         self.time_scale = float(cfg.num_train_timesteps)  # t in [0, 1] -> embedding scale
+        self.predicts_sample = cfg.flow_prediction == "sample"
 
     def _sample_t(self, b: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """(b,) training times in [0, 1) (0: noise, 1: data), drawn by ``flow_time_sampling``."""
+        how = self.cfg.flow_time_sampling
+        if how == "logit_normal":  # sigmoid(N(0, 1)): most weight in the middle (SD3's choice for images)
+            return torch.sigmoid(randn((b,), generator, device)).clamp(max=0.999)
         u = _rand((b,), generator, device)
-        if self.cfg.flow_time_sampling == "beta":
+        if how == "beta":
             # Beta(1.5, 1) via inverse CDF (u ** (1 / 1.5)), flipped: more weight near t = 0 (noise).
             return (1 - u.pow(1 / 1.5)) * 0.999
+        if how == "u_shaped":  # arcsine = Beta(0.5, 0.5) by inverse CDF: weight at both ends (Dense-Jump FM)
+            return torch.sin(u * (math.pi / 2)).pow(2).clamp(max=0.999)
         return u
 
     def loss(self, net: nn.Module, actions: torch.Tensor, cond: torch.Tensor,
              generator: torch.Generator | None = None, dim_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """actions (B, T, A) normalized, cond (B, C) -> scalar MSE on the predicted velocity."""
+        """actions (B, T, A) normalized, cond (B, C) -> scalar loss (``objective.loss``) on what the net predicts."""
         b = actions.shape[0]
         t = self._sample_t(b, generator, actions.device)
         noise = randn(tuple(actions.shape), generator, actions.device)
         tt = t[:, None, None]  # (B, 1, 1)
         x_t = tt * actions + (1 - tt) * noise
-        return masked_mse(net(x_t, t * self.time_scale, cond), actions - noise, dim_weight)
+        target = actions if self.predicts_sample else actions - noise
+        pred = net(x_t, t * self.time_scale, cond).float()  # float: under bf16 autocast the loss stays float32
+        return (masked_l1 if self.cfg.loss == "l1" else masked_mse)(pred, target, dim_weight)
+
+    def velocity(self, out: torch.Tensor, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """The net's output at x_t -> the velocity; ``t`` in [0, 1) on the path (not the embedding scale)."""
+        if not self.predicts_sample:
+            return out
+        one_minus = (1 - t)[:, None, None] if isinstance(t, torch.Tensor) else 1 - t
+        return (out - x) / one_minus
+
+    def velocity_fn(self, net_fn):
+        """``net_fn(x, timestep, cond)`` -> the same signature returning the velocity (timestep on the embedding
+        scale); the identity for velocity prediction."""
+        if not self.predicts_sample:
+            return net_fn
+        return lambda x, ts, cond: self.velocity(net_fn(x, ts, cond), x, ts / self.time_scale)
 
     @torch.no_grad()
     def sample(self, net: nn.Module, cond: torch.Tensor, shape: tuple[int, int], steps: int, sampler: str,
@@ -141,7 +175,7 @@ class FlowObjective:
         dt = 1.0 / steps
         for i in range(steps):
             t = torch.full((b,), i * dt * self.time_scale, device=cond.device)
-            x = x + dt * net(x, t, cond)
+            x = x + dt * self.velocity(net(x, t, cond), x, t / self.time_scale)  # as velocity_fn does
         return x.clamp(-1, 1) if self.cfg.clip_sample else x
 
 

@@ -49,15 +49,22 @@ class BimodalNet(nn.Module):
         post = torch.softmax(-sq / (2 * noise ** 2), dim=1)  # (B, 2)
         mean = torch.einsum("bk,kta->bta", post, modes)  # (B, Tp, A): E[data | x]
         if isinstance(self.objective, FlowObjective):
-            return (mean - x) / noise  # velocity
+            return mean if self.objective.predicts_sample else (mean - x) / noise  # clean chunk or velocity
         return (x - signal * mean) / noise  # noise
+
+
+def objective_config(name: str, steps: int = 5) -> ObjectiveConfig:
+    """flow | flow_sample (clean-chunk prediction) | ddpm, with its deterministic sampler (euler or ddim)."""
+    flow = name.startswith("flow")
+    return ObjectiveConfig(name="flow" if flow else name, sampler="euler" if flow else "ddim",
+                           num_inference_steps=steps, num_train_timesteps=100,
+                           flow_prediction="sample" if name == "flow_sample" else "velocity")
 
 
 def objective(name: str, steps: int = 5) -> FlowObjective | DDPMObjective:
     """The objective with its deterministic sampler (euler or ddim), 100 training steps."""
-    sampler = "euler" if name == "flow" else "ddim"
-    cfg = ObjectiveConfig(name=name, sampler=sampler, num_inference_steps=steps, num_train_timesteps=100)
-    return FlowObjective(cfg) if name == "flow" else DDPMObjective(cfg)
+    cfg = objective_config(name, steps)
+    return FlowObjective(cfg) if cfg.name == "flow" else DDPMObjective(cfg)
 
 
 def sample_pair(obj, seed: int, beta: float = 5.0, target: torch.Tensor | None = None, steps: int = 5):
@@ -86,7 +93,7 @@ def test_rtc_weights_and_guidance_weight():
         rtc_weights(5, 4, 16, 0.5)
 
 
-@pytest.mark.parametrize("name,steps", [("flow", 5), ("ddpm", 10)])
+@pytest.mark.parametrize("name,steps", [("flow", 5), ("flow_sample", 5), ("ddpm", 10)])
 def test_rtc_follows_the_prefix_where_naive_sampling_switches_mode(name, steps):
     """Over 40 seeds and both modes as the prefix: naive sampling agrees with the prefix about half the time;
     RTC's raw output (before any hard replace) matches the committed rows within 0.05 in >= 90 % of the cases,
@@ -110,15 +117,14 @@ def test_rtc_follows_the_prefix_where_naive_sampling_switches_mode(name, steps):
     assert switched >= 30 and rescued >= 0.85 * switched, (switched, rescued)
 
 
-@pytest.mark.parametrize("name", ["flow", "ddpm"])
+@pytest.mark.parametrize("name", ["flow", "flow_sample", "ddpm"])
 def test_guidance_weight_zero_reproduces_plain_sampling_exactly(name):
     obj = objective(name)
     for seed in range(3):
         naive, rtc, info = sample_pair(obj, seed, beta=0.0)
         assert torch.equal(naive, rtc) and info["max_guidance_weight"] == 0.0
     # also through a real (random) U-Net, whose output depends on the conditioning
-    cfg = tiny_policy_config(objective=ObjectiveConfig(name=name, sampler="euler" if name == "flow" else "ddim",
-                                                       num_inference_steps=4))
+    cfg = tiny_policy_config(objective=objective_config(name, 4))
     torch.manual_seed(0)
     model = DiffusionPolicyModel(cfg).eval()
     cond = torch.randn(1, model.net.film_obs.out_features)
