@@ -54,10 +54,10 @@ from policy.checkpoint import (
 from policy.config import Config
 from policy.data import WindowSampler, open_dataset, split_episodes
 from policy.distributed import DistInfo
+from policy.hardware import native_cpu_bf16
 from policy.logger import RunLogger
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
 from policy.normalizer import Normalizer
-from policy.hardware import native_cpu_bf16
 from policy.objectives import masked_mse
 from policy.policy import resolve_device
 from policy.schedule import batch_ids, ema_update, lr_at, shard_seed
