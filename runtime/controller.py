@@ -7,7 +7,8 @@ loop keeps executing; the chunk that comes back replaces the buffer from now on,
 whose time has passed. The loop never waits for inference. ``robot.stop()`` runs in ``finally:``.
 How chunks are joined is ``controller.execution`` (``runtime.execution``): ``naive`` replaces,
 ``rtc``/``bid`` also send the committed actions with each request (a ``ChunkPrefix``) for the policy
-to continue, ``ensemble`` averages the overlapping chunks (ACT).
+to continue, ``ensemble`` averages the overlapping chunks (ACT). ``observers`` (``runtime.observer``, e.g. the
+Rerun display of ``runtime.viz``) get a snapshot of every tick after the write; they only queue it.
 
 Every fault ends the run with ``robot.stop()`` called, ``metrics.stop_reason``/``metrics.error`` naming
 the cause, and a ``ControllerError`` for the caller: a driver error, observations stale for too long,
@@ -23,7 +24,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,9 +36,10 @@ from runtime.buffer import ActionBuffer
 from runtime.clock import Clock, frozen_gc, wait_for_tick
 from runtime.drivers.base import Camera, Robot, RobotState
 from runtime.execution import EXECUTIONS, DelayEstimator, EnsembleBuffer, build_prefix, make_buffer
-from runtime.inference import InferenceWorker, WorkerDied
+from runtime.inference import InferenceResult, InferenceWorker, WorkerDied
 from runtime.loop import LoopFault, ObservationReader, guarded_run, target_from_state
 from runtime.metrics import JumpMeter, RunMetrics, TickRecord
+from runtime.observer import LoopObserver, TickSnapshot
 from runtime.safety import REJECTED, OutsideWorkspace, SafetyLayer, SafetyResult
 
 __all__ = ["Controller", "ControllerConfig", "ControllerError", "target_from_state"]
@@ -116,8 +118,10 @@ class Controller:
     simulated clock."""
 
     def __init__(self, robot: Robot, cameras: Mapping[str, Camera], worker: InferenceWorker, safety: SafetyLayer,
-                 clock: Clock, cfg: ControllerConfig | None = None, stop_event: threading.Event | None = None):
+                 clock: Clock, cfg: ControllerConfig | None = None, stop_event: threading.Event | None = None,
+                 observers: Sequence[LoopObserver] = ()):
         self.robot, self.cameras, self.worker = robot, dict(cameras), worker
+        self.observers = tuple(observers)  # each gets a TickSnapshot per tick (runtime.observer); never waited on
         self.policy = policy = worker.spec  # what the policy needs: obs keys, To, chunk length
         self.safety, self.clock = safety, clock
         self.cfg = cfg or ControllerConfig()
@@ -153,6 +157,7 @@ class Controller:
         self._failures = 0  # failed inferences in a row
         self._rejected = 0  # rejected actions in a row
         self._submitted: tuple[float, int] | None = None  # (clock time, obs tick) of the request in flight
+        self._arrived: InferenceResult | None = None  # the answer whose chunk arrived this tick (observers)
 
     # ---------------------------------------------------------------- observation
 
@@ -199,6 +204,7 @@ class Controller:
             return
         self._failures = 0
         self.metrics.chunks_received += 1
+        self._arrived = result
         self.delays.add(result.obs_tick, tick)
         self.metrics.dropped_stale_actions += self.buffer.insert_chunk(result.chunk, result.obs_tick, tick)
 
@@ -282,6 +288,18 @@ class Controller:
         self.metrics.interventions.update(reasons)
         return state
 
+    def _observe(self, tick: int, t: float, jitter: float, state: RobotState, sent: np.ndarray,
+                 reasons: list[str]) -> None:
+        """Hand this tick to the observers (each only queues it: ``runtime.observer``)."""
+        arrived, self._arrived = self._arrived, None
+        snap = TickSnapshot(tick, t, target_from_state(state), sent,
+                            {key: frame.image for key, frame in self.reader.frames.items()}, jitter, tuple(reasons))
+        if arrived is not None:
+            snap.chunk, snap.chunk_obs_tick = arrived.chunk, arrived.obs_tick
+            snap.inference_latency_s = arrived.latency_s
+        for observer in self.observers:
+            observer.on_tick(snap)
+
     def _loop(self, n_ticks: int) -> None:
         """The ticks themselves; ``run`` handles faults and always stops the robot."""
         m = self.metrics
@@ -310,6 +328,8 @@ class Controller:
             self._jumps.add(tick, self._target, chunk_tick)
             if self.cfg.keep_trace:
                 m.trace.append(TickRecord(tick, now, sent, source, chunk_tick, self._target))
+            if self.observers:
+                self._observe(tick, now - t0, now - deadline, state, sent, res.reasons)
             if self._want_chunk(tick):
                 self._request(history_before, tick, now)
             tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)

@@ -1,7 +1,8 @@
 """Run a trained checkpoint on a robot: ``python -m runtime.run checkpoint=<dir> robot=franka ...``.
 
 Hydra config ``configs/run.yaml`` with groups ``robot/`` and ``camera/``; ``dry_run=true`` streams the
-commands to ``<log_dir>/commands.jsonl`` without moving the arm. Ctrl-C, SIGTERM or the e-stop key stop
+commands to ``<log_dir>/commands.jsonl`` without moving the arm. ``display=rerun`` shows the run live in the Rerun
+viewer, ``display=rerun+save:<file.rrd>`` records it (``runtime.viz``). Ctrl-C, SIGTERM or the e-stop key stop
 the robot and end the run; the run's metrics are appended to ``<log_dir>/metrics.jsonl``.
 
 A fault (``runtime.controller`` lists them) stops the robot, is written to the metrics
@@ -25,6 +26,7 @@ from runtime.factory import make_camera, make_robot
 from runtime.metrics import RunMetrics
 from runtime.realtime import RealtimeConfig, realtime_loop
 from runtime.safety import SafetyConfig, SafetyLayer
+from runtime.viz import open_display, parse_display
 
 log = logging.getLogger("runtime.run")
 
@@ -56,12 +58,14 @@ class RunConfig:
     duration_s: float = 60.0
     dry_run: bool = False
     log_dir: str = "runs/robot"
+    display: str = "none"  # none | rerun (a live viewer) | rerun+save:<file.rrd> (runtime.viz; the viz extra)
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
             raise ValueError("checkpoint is empty: pass checkpoint=<checkpoint or training run folder>")
         if not self.duration_s > 0:
             raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+        parse_display(self.display)
 
 
 def _worker(cfg: RunConfig, clock: WallClock):
@@ -93,13 +97,16 @@ def run(cfg: RunConfig, stop_event=None) -> RunMetrics:
         robot = DryRunRobot(robot, log_dir / "commands.jsonl")
     cameras = {key: make_camera(spec, clock.now) for key, spec in cfg.cameras.items()}
     with ExitStack() as stack:
+        display = open_display(cfg.display, f"run {Path(cfg.checkpoint).name}")
+        if display is not None:
+            stack.callback(display.close)  # closed last: after the robot has stopped
         worker = _worker(cfg, clock)
         stack.callback(worker.close)
         stack.enter_context(robot)
         for cam in cameras.values():
             stack.enter_context(cam)
         ctrl = Controller(robot, cameras, worker, SafetyLayer(cfg.safety, 1.0 / cfg.controller.hz), clock,
-                          cfg.controller, stop_event)
+                          cfg.controller, stop_event, observers=[display] if display is not None else [])
         try:
             with realtime_loop(cfg.realtime, [getattr(worker, "pid", None)]):
                 metrics = ctrl.run(duration_s=cfg.duration_s)
