@@ -29,22 +29,24 @@ import math
 import sys
 import threading
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from policy.keys import ACTION_LAYOUT as LAYOUT
 from runtime.clock import Clock, WallClock, wait_for_tick
-from runtime.drivers.base import Camera, DriverError, Robot
+from runtime.drivers.base import Camera, DriverError, Robot, RobotState
 from runtime.estop import EStop
 from runtime.loop import LoopFault, ObservationReader, guarded_run, target_from_state
+from runtime.observer import LoopObserver, TickSnapshot
 from runtime.realtime import RealtimeConfig, realtime_loop
 from runtime.recorder import EpisodeRecorder
 from runtime.rotation import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix
 from runtime.safety import OutsideWorkspace, SafetyConfig, SafetyLayer, SafetyResult
 from runtime.teleop_devices import TeleopDevice, TeleopInput
+from runtime.teleop_ui import TeleopStatus
 
 log = logging.getLogger("runtime.teleop")
 
@@ -113,11 +115,15 @@ class TeleopLoop:
     ``cameras`` maps observation keys (``scene_rgb``, ``wrist_rgb``) to cameras; the recorder's image
     keys must all have one. ``stop_event`` is a ``threading.Event`` or an ``EStop`` (whose signal
     handlers are then seen at the very next tick). ``recorder`` None: drive without recording.
+    ``observers`` (``runtime.observer``: the status line, the Rerun display) get a snapshot of every tick,
+    its ``status`` a ``TeleopStatus``, and one more with the final status when the session ends.
     """
 
     def __init__(self, robot: Robot, cameras: Mapping[str, Camera], device: TeleopDevice, safety: SafetyLayer,
                  clock: Clock, recorder: EpisodeRecorder | None = None, cfg: TeleopConfig | None = None,
-                 stop_event: threading.Event | EStop | None = None, keep_trace: bool = False):
+                 stop_event: threading.Event | EStop | None = None, keep_trace: bool = False,
+                 observers: Sequence[LoopObserver] = ()):
+        self.observers = tuple(observers)
         self.robot, self.cameras, self.device, self.safety, self.clock = robot, dict(cameras), device, safety, clock
         self.recorder = recorder
         self.cfg = cfg or TeleopConfig()
@@ -137,6 +143,8 @@ class TeleopLoop:
         self._sent: np.ndarray | None = None  # (10,) last command sent
         self._gripper = self.cfg.gripper_open  # m, gripper width target
         self._device_errors = 0
+        self._last_intervention: str | None = None
+        self._last_snapshot: TickSnapshot | None = None
 
     # ---------------------------------------------------------------- one tick
 
@@ -263,6 +271,7 @@ class TeleopLoop:
                 r.episodes_discarded += 1
                 log.warning("discarded the unfinished episode (%d steps) at the end of the session", n)
             self._finish_recording()
+            self._observe_end()
         log.info("teleop finished: %s", r.summary())
         return r
 
@@ -280,6 +289,36 @@ class TeleopLoop:
             log.error("recorder: writing a kept episode failed: %r", e)
         finally:
             self._sync_recorder()
+
+    def status(self, stopped: str | None = None) -> TeleopStatus:
+        """The session's state now (``TeleopStatus``)."""
+        rec, r = self.recorder, self.result
+        return TeleopStatus(rec is not None and rec.recording, rec.n_episodes if rec is not None else 0,
+                            rec.n_steps if rec is not None else 0, len(r.episodes_kept) + r.episodes_writing,
+                            r.episodes_discarded, self.estop.reason if self.estop is not None and
+                            self.estop.triggered else None, self._last_intervention, stopped)
+
+    def _observe(self, tick: int, t: float, jitter: float, state: RobotState, sent: np.ndarray,
+                 reasons: list[str]) -> None:
+        """Hand this tick to the observers (each only queues it: ``runtime.observer``)."""
+        if reasons:
+            self._last_intervention = f"{', '.join(reasons)} (tick {tick})"
+        snap = TickSnapshot(tick, t, target_from_state(state), sent,
+                            {key: frame.image for key, frame in self.reader.frames.items()}, jitter, tuple(reasons),
+                            status=self.status())
+        self._last_snapshot = snap
+        for observer in self.observers:
+            observer.on_tick(snap)
+
+    def _observe_end(self) -> None:
+        """The last tick again, with the final status (how the session ended)."""
+        if self.observers and self._last_snapshot is not None:
+            r = self.result
+            end = replace(self._last_snapshot, chunk=None, reasons=(),
+                          status=self.status(r.stop_reason + (f" ({r.stop_detail or r.error})"
+                                                              if r.stop_detail or r.error else "")))
+            for observer in self.observers:
+                observer.on_tick(end)
 
     def _start(self) -> None:
         """Start from the measured pose; an arm outside the workspace box is refused, never moved."""
@@ -323,6 +362,8 @@ class TeleopLoop:
             if self.keep_trace:
                 r.trace.append(sent.copy())
             self._record(obs, sent, now)
+            if self.observers:
+                self._observe(tick, now - t0, now - (t0 + tick * self.dt), state, sent, res.reasons)
             tick, skipped = wait_for_tick(self.clock, t0, self.dt, tick + 1)
             r.overruns += skipped
         r.stop_reason = "completed"
@@ -332,17 +373,21 @@ def run_teleop(robot: Robot, cameras: Mapping[str, Camera], device: TeleopDevice
                recorder: EpisodeRecorder | None, cfg: TeleopConfig | None = None,
                safety_cfg: SafetyConfig | None = None, clock: Clock | None = None, estop: EStop | None = None,
                max_ticks: int | None = None, duration_s: float | None = None,
-               realtime: RealtimeConfig | None = None) -> TeleopResult:
+               realtime: RealtimeConfig | None = None, observers: Sequence[LoopObserver] = ()) -> TeleopResult:
     """Connect the device, cameras and robot, install SIGINT/SIGTERM e-stop handlers (main thread only),
     run a ``TeleopLoop`` (with the ``realtime`` settings on its thread) until quit or e-stop, then close
     everything (robot first) and the recorder.
 
-    A keyboard device given the same ``estop`` makes ESC stop at once. Returns the session's counts.
+    A keyboard device given the same ``estop`` makes ESC stop at once. ``observers`` are closed last, after the
+    robot. Returns the session's counts.
     """
     cfg = cfg or TeleopConfig()
     clock = clock or WallClock()
     estop = estop or EStop()
-    with contextlib.ExitStack() as stack:  # closes in reverse: robot, cameras, device, recorder, handlers
+    # closes in reverse: cameras, robot (stopped already by the loop), device, recorder, handlers, observers
+    with contextlib.ExitStack() as stack:
+        for observer in observers:
+            stack.callback(observer.close)
         if threading.current_thread() is threading.main_thread():
             stack.enter_context(estop)
         stack.callback(sys.setswitchinterval, sys.getswitchinterval())
@@ -350,10 +395,10 @@ def run_teleop(robot: Robot, cameras: Mapping[str, Camera], device: TeleopDevice
         if recorder is not None:
             stack.callback(recorder.close)
         stack.enter_context(device)
+        stack.enter_context(robot)  # before the cameras, as in runtime.run: a simulated camera renders the robot's env
         for cam in cameras.values():
             stack.enter_context(cam)
-        stack.enter_context(robot)
         loop = TeleopLoop(robot, cameras, device, SafetyLayer(safety_cfg or SafetyConfig(), 1.0 / cfg.hz), clock,
-                          recorder, cfg, stop_event=estop)
+                          recorder, cfg, stop_event=estop, observers=observers)
         with realtime_loop(realtime or RealtimeConfig()):
             return loop.run(max_ticks=max_ticks, duration_s=duration_s)

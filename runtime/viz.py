@@ -16,7 +16,7 @@ What is logged, on the timeline ``tick`` (and ``time``, s since the loop started
 - ``safety/<reason>``: interventions by reason (cumulative counts; ``safety/underrun`` among them) and a
   ``events`` text log line for each;
 - ``timing/tick_jitter_ms``, ``timing/inference_latency_ms``;
-- ``status``: a loop's status line (teleop: recording, episode, steps), when it changes.
+- ``status``: a loop's status line (teleop: recording, episode, steps) as a text document, when it changes.
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ class RerunSink:
         for reason, n in self.counts.items():  # every tick, so each series is continuous
             rec.log(f"safety/{reason}", rr.Scalars(n))
         status = None if s.status is None else str(s.status)
-        if status is not None and status != self.status:
-            rec.log("status", rr.TextLog(status))
+        if status is not None and status != self.status:  # a document: the viewer shows the state at the cursor
+            rec.log("status", rr.TextDocument(status))
             self.status = status
 
     def close(self) -> None:
