@@ -166,6 +166,17 @@ class RerunSink:
         self.rec.disconnect()
 
 
+def spawn_viewer() -> None:
+    """Start a Rerun viewer (or find the one listening) without a recording: several processes then connect
+    their own recordings to it (``sim.evaluate``). ``DisplayUnavailable`` when it cannot start."""
+    rr = import_rerun()
+    try:
+        rr.spawn(connect=False)
+    except Exception as e:  # noqa: BLE001 - a missing viewer binary, a port in use
+        raise DisplayUnavailable(f"display=rerun: the Rerun viewer did not start ({e}); try "
+                                 "display=rerun+save:<file.rrd> and open it with `rerun <file.rrd>`") from e
+
+
 def open_display(display: str | Display | None, recording_name: str, maxsize: int = 64,
                  close_timeout_s: float = 10.0) -> BackgroundObserver | None:
     """The observer for ``display`` (None for ``none``): a ``RerunSink`` behind a ``BackgroundObserver``.

@@ -21,6 +21,11 @@ for the first ``videos`` episodes.
 ``task=gym`` (or a non-empty ``gym.id``; by default the mapping recorded with the training demos) runs a
 third-party gymnasium env mapped by the ``gym`` section through the same controller (``sim.gym_drivers``);
 its safety layer is reduced to the mapped action bounds (``safety`` in eval.json says which applied).
+
+``display=rerun`` shows the first ``display_episodes`` episodes live in the Rerun viewer (one recording
+each, named by episode and seed; the parent starts the viewer, the workers connect to it);
+``display=rerun+save:<file.rrd>`` writes them instead: to ``<file.rrd>`` for one episode, to
+``<file>_episode_<i>_seed_<s>.rrd`` for several (``runtime.viz``; the viz extra).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import numpy as np
 
 from runtime.controller import ControllerConfig, ControllerError
 from runtime.safety import SafetyConfig
+from runtime.viz import parse_display
 from sim.gym_adapter import GymConfig
 from sim.report import format_summary, summarize, write_video
 
@@ -67,6 +73,8 @@ class EvalConfig:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     gym: GymConfig = field(default_factory=GymConfig)  # a third-party env (task=gym); "" id: the demos' mapping
     progress: bool = True
+    display: str = "none"  # none | rerun | rerun+save:<file.rrd>: the first display_episodes live (runtime.viz)
+    display_episodes: int = 1  # episodes shown by display
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -78,6 +86,9 @@ class EvalConfig:
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         self.latency_s  # noqa: B018 - validates latency
+        parse_display(self.display)
+        if self.display_episodes < 0:
+            raise ValueError(f"display_episodes must be >= 0, got {self.display_episodes}")
         if self.max_steps < 0 or self.videos < 0 or self.video_scale < 1:
             raise ValueError(f"max_steps and videos must be >= 0 and video_scale >= 1, got {self.max_steps}, "
                              f"{self.videos}, {self.video_scale}")
@@ -164,22 +175,45 @@ class EvalJob:
     record: bool
     cfg_json: str
     task: str
+    display: str = "none"  # this episode's display (runtime.viz), resolved by the parent
 
 
 def run_job(job: EvalJob) -> dict[str, Any]:
+    from runtime.viz import open_display
+
     w = eval_worker(job.cfg_json, job.task)
-    return {**run_episode(w.env, w.policy, w.cfg, job.seed, job.record), "index": job.index}
+    display = open_display(job.display, f"evaluate {job.task} episode {job.index} seed {job.seed}")
+    try:
+        rec = run_episode(w.env, w.policy, w.cfg, job.seed, job.record, observers=[display] if display else [])
+    finally:
+        if display is not None:
+            display.close()
+    return {**rec, "index": job.index}
+
+
+def episode_displays(display: str, n_episodes: int, seeds: list[int]) -> list[str]:
+    """Each episode's display: ``display`` for the first ``n_episodes`` (a saved file per episode when
+    several: ``<stem>_episode_<i>_seed_<s>.rrd``), ``none`` for the others."""
+    spec = parse_display(display)
+    out = ["none"] * len(seeds)
+    for i, seed in enumerate(seeds[:n_episodes] if spec.enabled else []):
+        if spec.save is None or n_episodes == 1:
+            out[i] = display
+        else:
+            name = f"{spec.save.stem}_episode_{i:03d}_seed_{seed}{spec.save.suffix}"
+            out[i] = f"rerun+save:{spec.save.with_name(name)}"
+    return out
 
 
 def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool = False,
-                clock: Any = None) -> dict[str, Any]:
+                clock: Any = None, observers: Any = ()) -> dict[str, Any]:
     """One evaluation episode on ``env`` from ``seed`` through the runtime controller on a SimClock.
 
     The robot records each step into an ``EpisodeOutcome``, whose stop event ends the run at the first
     success (or when a mapped env ends the episode). Returns a record: seed, success, score (max over the
     episode), steps, controller counters, ``stop_reason`` and ``error`` (a controller fault ends the episode
     as a failure, with its reason) and, if ``record``, ``frames`` (T, H, 2W, 3) uint8. ``clock``: a fresh
-    ``SimClock`` to run on (default: a new one).
+    ``SimClock`` to run on (default: a new one). ``observers``: the controller's (``runtime.observer``).
     """
     import torch
 
@@ -205,7 +239,7 @@ def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool 
     robot.connect()
     for cam in cams.values():
         cam.connect()
-    ctrl = Controller(robot, cams, worker, safety, clock, ctrl_cfg, stop_event=outcome.stop)
+    ctrl = Controller(robot, cams, worker, safety, clock, ctrl_cfg, stop_event=outcome.stop, observers=observers)
     try:
         m = ctrl.run(max_ticks=cfg.max_steps or env.cfg.max_episode_steps)
     except ControllerError as e:
@@ -281,7 +315,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     seeds = eval_seeds(cfg.seed, cfg.episodes, set(collected))
     cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
-    jobs = [EvalJob(i, s, i < cfg.videos, cfg_json, task) for i, s in enumerate(seeds)]
+    displays = episode_displays(cfg.display, cfg.display_episodes, seeds)
+    if parse_display(cfg.display).enabled and parse_display(cfg.display).save is None and cfg.display_episodes:
+        from runtime.viz import spawn_viewer
+
+        spawn_viewer()  # once, here: the workers' recordings connect to it
+    jobs = [EvalJob(i, s, i < cfg.videos, cfg_json, task, displays[i]) for i, s in enumerate(seeds)]
     records: list[dict[str, Any]] = []
     videos: list[str] = []
     t0 = time.perf_counter()

@@ -275,3 +275,31 @@ def test_the_shipped_configs_take_the_execution_keys_and_an_episode_reports_its_
     assert len(rec["jumps"]["switch_jump_m"]) == rec["chunk_switches"] and rec["within_jump_m_p95"] is not None
     assert rec["limit_interventions"] == sum(rec["interventions"].get(k, 0)
                                              for k in ("speed", "accel", "rot_speed", "rot_accel"))
+
+
+def test_display_saves_the_first_episodes_one_recording_each(trained, tmp_path):
+    pytest.importorskip("rerun", reason='the viz extra: pip install -e ".[viz]"')
+    from tests.runtime.test_viz import read_rrd
+
+    _, ckpt = trained
+    rrd = tmp_path / "eval.rrd"
+    cfg = from_dict(EvalConfig, {"checkpoint": str(ckpt), "episodes": 3, "seed": 1, "workers": 1, "videos": 0,
+                                 "latency": "zero", "max_steps": 8, "out": str(tmp_path / "ev"), "progress": False,
+                                 "display": f"rerun+save:{rrd}", "display_episodes": 2})
+    s = evaluate(cfg)
+    files = sorted(p.name for p in tmp_path.glob("*.rrd"))
+    assert files == ["eval_episode_000_seed_3.rrd", "eval_episode_001_seed_4.rrd"]  # the third is not shown
+    rows = read_rrd(tmp_path / files[0])
+    assert [t for t, _ in rows["/timing/tick_jitter_ms"]] == list(range(s["episodes"][0]["steps"]))
+    assert len(rows["/cameras/scene_rgb"]) == len(rows["/cameras/wrist_rgb"]) == s["episodes"][0]["steps"]
+    assert len(rows["/world/chunk"]) == s["episodes"][0]["chunks"]
+
+
+def test_episode_displays_name_one_file_per_episode():
+    from sim.evaluate import episode_displays
+
+    assert episode_displays("none", 2, [5, 6, 7]) == ["none"] * 3
+    assert episode_displays("rerun", 2, [5, 6, 7]) == ["rerun", "rerun", "none"]
+    assert episode_displays("rerun+save:a/e.rrd", 1, [5, 6]) == ["rerun+save:a/e.rrd", "none"]
+    with pytest.raises(ConfigError, match="display"):
+        from_dict(EvalConfig, {"checkpoint": "x", "display": "rerun+save:"})
