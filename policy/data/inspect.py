@@ -1,7 +1,7 @@
 """Dataset viewer: print what a replay buffer holds and render one episode to an mp4.
 
-``python -m policy.data.inspect DATASET [--episode N] [--video OUT.mp4] [--fps F] [--scale S]``
-(``episode=N video=OUT.mp4`` work too).
+``python -m policy.data.inspect DATASET [--episode N] [--video OUT.mp4] [--rerun OUT.rrd] [--fps F] [--scale S]``
+(``episode=N video=OUT.mp4 rerun=OUT.rrd`` work too).
 
 Prints the episode count, the episode lengths (min/mean/max, total steps), the shape and dtype of
 every key, and per action dimension its min/max/mean/std over all committed steps. With ``--video``
@@ -10,6 +10,8 @@ it writes episode ``N`` (default 0, negative counts from the end) as an H.264 mp
 times, and below them the episode's actions, one line per dimension, each scaled to its own
 min..max over the episode, with a cursor at the current step. A dataset without image keys gets
 the plot alone. Encoding uses PyAV (``pip install -e ".[interop]"``), imported only for the video.
+With ``--rerun`` it writes episode ``N`` as a Rerun recording (cameras, measured and commanded TCP, gripper,
+step timing: ``policy.data.inspect_rerun``; ``pip install -e ".[viz]"``), opened with ``rerun OUT.rrd``.
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ def _normalize_argv(argv: list[str]) -> list[str]:
     out = []
     for a in argv:
         key, eq, value = a.partition("=")
-        if eq and not a.startswith("-") and key in ("episode", "video", "fps", "scale", "plot_height"):
+        if eq and not a.startswith("-") and key in ("episode", "video", "rerun", "fps", "scale", "plot_height"):
             out += [f"--{key}", value]
         else:
             out.append(a)
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("dataset", help="zarr replay buffer (a folder, or a *.zarr.zip)")
     ap.add_argument("--episode", type=int, default=0, help="episode for the video (negative: from the end)")
     ap.add_argument("--video", default="", help="write the episode to this mp4 (needs the interop extra)")
+    ap.add_argument("--rerun", default="", help="write the episode as a Rerun recording (.rrd; the viz extra)")
     ap.add_argument("--fps", type=float, default=0.0, help="video frame rate; 0: from the timestamps (else 10)")
     ap.add_argument("--scale", type=int, default=0, help="pixel repeat of the images; 0: automatic")
     ap.add_argument("--plot_height", type=int, default=PLOT_HEIGHT, help="px of the action plot")
@@ -225,6 +228,11 @@ def main(argv: list[str] | None = None) -> None:
             fps = args.fps or episode_fps(rb, args.episode)
             path = write_mp4(args.video, frames, size, fps)
             print(f"episode {args.episode}: {T} frames {size[1]}x{size[0]} at {fps:g} fps -> {path}")
+        if args.rerun:
+            from policy.data.inspect_rerun import write_rerun
+
+            path, T = write_rerun(rb, args.episode, args.rerun, image_keys(rb))
+            print(f"episode {args.episode}: {T} steps -> {path} (open with: rerun {path})")
     except (DatasetError, IndexError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from e
