@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -75,6 +76,7 @@ class BackgroundObserver:
         self.close_timeout_s = close_timeout_s
         self.dropped = 0
         self.delivered = 0
+        self.sink_s = 0.0  # s spent in the sink, on its thread (a cost the loop does not pay)
         self.failed: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize)
         self._closed = False
@@ -113,7 +115,9 @@ class BackgroundObserver:
                 self.dropped += 1
                 continue
             try:
+                t0 = time.perf_counter()
                 self.sink(item)
+                self.sink_s += time.perf_counter() - t0
                 self.delivered += 1
             except Exception as e:  # noqa: BLE001 - a viewer fault is logged once, never raised
                 self.dropped += 1

@@ -7,9 +7,12 @@ Fake robot and cameras, so the figures are those of the runtime itself.
 Each policy runs ``--runs`` times without and with the real-time settings of ``runtime.realtime``
 (SCHED_FIFO ``--priority``, memory locked, the loop pinned to ``--loop-cpu`` and the inference process
 to the other cores; whatever the OS refuses is reported, not fatal). ``--load`` repeats everything with
-a training-like load beside it: one busy torch matmul process per core.
+a training-like load beside it: one busy torch matmul process per core. ``--display`` repeats everything
+with the Rerun live view on (``runtime.viz``, recording to a .rrd in a temporary folder: the same sink and
+queue as a spawned viewer), keys ending in ``_display``, to show that it costs the loop nothing.
 
     python tests/benchmarks/bench_controller.py [--quick] [--out FILE.json] [--seconds 20] [--runs 3] [--load]
+        [--display] [--only fake_policy|network] [--settings plain,rt]
 """
 
 from __future__ import annotations
@@ -81,14 +84,15 @@ def stop_load(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def run_once(make_worker, seconds: float, rt=None) -> dict:
+def run_once(make_worker, seconds: float, rt=None, display: str = "none") -> dict:
     """One controller run; with ``rt`` (a RealtimeConfig) the loop runs in a thread with those settings and
-    an inference child process is pinned to the other cores."""
+    an inference child process is pinned to the other cores; ``display`` as ``runtime.run`` takes it."""
     from runtime.clock import WallClock
     from runtime.controller import Controller, ControllerConfig
     from runtime.drivers.fake import FakeCamera, FakeRobot
     from runtime.realtime import configure_realtime, restore_realtime
     from runtime.safety import SafetyConfig, SafetyLayer
+    from runtime.viz import open_display
 
     sys.setswitchinterval(0.001)  # as runtime.run does
     clock = WallClock()
@@ -97,12 +101,14 @@ def run_once(make_worker, seconds: float, rt=None) -> dict:
     for d in (robot, *cams.values()):
         d.connect()
     worker = make_worker(clock)
+    observer = open_display(display, "bench_controller")
     box: dict = {}
 
     def loop() -> None:
         report = configure_realtime(rt) if rt is not None else None
         try:
-            ctrl = Controller(robot, cams, worker, SafetyLayer(SafetyConfig(), 0.1), clock, ControllerConfig(hz=10.0))
+            ctrl = Controller(robot, cams, worker, SafetyLayer(SafetyConfig(), 0.1), clock, ControllerConfig(hz=10.0),
+                              observers=[observer] if observer is not None else [])
             box["summary"] = ctrl.run(duration_s=seconds).summary()
         finally:
             if report is not None:
@@ -120,6 +126,10 @@ def run_once(make_worker, seconds: float, rt=None) -> dict:
         thread.join()
         summary = box["summary"]
         summary["realtime_refused"] = "; ".join(box.get("refused", []))
+        if observer is not None:
+            observer.close()
+            summary["display_dropped"] = observer.dropped
+            summary["display_sink_ms_per_snapshot"] = 1e3 * observer.sink_s / max(observer.delivered, 1)
         return summary
     finally:
         worker.close()
@@ -134,6 +144,9 @@ def _options(p) -> None:
     p.add_argument("--load", action="store_true", help="also measure with a busy torch process on every core")
     p.add_argument("--priority", type=int, default=70, help="SCHED_FIFO priority of the loop thread")
     p.add_argument("--loop-cpu", type=int, default=(os.cpu_count() or 1) - 1, help="core for the loop thread")
+    p.add_argument("--display", action="store_true", help="also measure with the Rerun display on (the viz extra)")
+    p.add_argument("--only", default="", help="one policy: fake_policy or network (default both)")
+    p.add_argument("--settings", default="plain,rt", help="comma-separated: plain, rt")
 
 
 def main() -> None:
@@ -147,7 +160,8 @@ def main() -> None:
     seconds, n_runs = (4.0, 1) if args.quick else (args.seconds, args.runs)
     rt_cfg = RealtimeConfig(priority=args.priority, cpu=args.loop_cpu, lock_memory=True)
     results: dict = {"run_seconds": seconds, "runs": n_runs, "hz": 10.0, "realtime_priority": args.priority,
-                     "realtime_loop_cpu": args.loop_cpu, "load_processes": os.cpu_count() or 1 if args.load else 0}
+                     "realtime_loop_cpu": args.loop_cpu, "load_processes": os.cpu_count() or 1 if args.load else 0,
+                     "display": "rerun+save to a .rrd in a temporary folder (runtime.viz)" if args.display else "none"}
     rows, refused = [], set()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = network_checkpoint(Path(tmp))
@@ -155,14 +169,27 @@ def main() -> None:
             "fake_policy": lambda c: ThreadedWorker(SleepyPolicy(0.3), c),
             "network": lambda c: ProcessWorker(str(ckpt), c, num_threads=1),
         }
+        if args.only:
+            policies = {args.only: policies[args.only]}
+        settings = [(k, v) for k, v in (("plain", None), ("rt", rt_cfg)) if k in args.settings.split(",")]
+        displays = ["none", f"rerun+save:{Path(tmp) / 'bench.rrd'}"] if args.display else ["none"]
         for load in ([False, True] if args.load else [False]):
             procs = start_load(os.cpu_count() or 1) if load else []
             try:
-                for setting, rt in (("plain", None), ("rt", rt_cfg)):
-                    for name, make in policies.items():
-                        runs = [run_once(make, seconds, rt) for _ in range(n_runs)]
+                for (setting, rt), name in ((s, n) for s in settings for n in policies):
+                    # with and without the display alternately, run by run: both see the same background load
+                    by_display = {d: [] for d in displays}
+                    for _ in range(n_runs):
+                        for d in displays:
+                            by_display[d].append(run_once(policies[name], seconds, rt, d))
+                    for display, runs in by_display.items():
                         refused.update(r["realtime_refused"] for r in runs if r["realtime_refused"])
-                        key = f"{name}_{'loaded' if load else 'quiet'}_{setting}"
+                        suffix = "" if display == "none" else "_display"
+                        key = f"{name}_{'loaded' if load else 'quiet'}_{setting}{suffix}"
+                        if display != "none":
+                            results[f"{key}_snapshots_dropped"] = int(sum(r["display_dropped"] for r in runs))
+                            results[f"{key}_sink_ms_per_snapshot_mean"] = float(np.mean(
+                                [r["display_sink_ms_per_snapshot"] for r in runs]))
                         p99s = [r["tick_jitter_ms_p99"] for r in runs]
                         results[f"{key}_tick_jitter_ms_p50_median"] = float(np.median([r["tick_jitter_ms_p50"]
                                                                                       for r in runs]))

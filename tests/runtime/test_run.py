@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -63,3 +64,24 @@ def test_a_fault_is_written_to_the_metrics_and_nothing_moves(tmp_path, checkpoin
     assert m.stop_reason == rec["stop_reason"] == "fault" and "x = 0.9500 m is outside [-0.8, 0.8] m" in rec["error"]
     assert rec["interventions"] == {"start_outside_workspace": 1}
     assert not (tmp_path / "commands.jsonl").exists() or not (tmp_path / "commands.jsonl").read_text()
+
+
+def test_display_records_the_run_and_without_the_sdk_nothing_starts(tmp_path, checkpoint, monkeypatch):
+    pytest.importorskip("rerun", reason='the viz extra: pip install -e ".[viz]"')
+    from runtime.viz import DisplayUnavailable
+    from tests.runtime.test_viz import read_rrd
+
+    rrd = tmp_path / "run.rrd"
+    cfg = RunConfig(checkpoint=str(checkpoint), cameras=CAMS, duration_s=1.0, log_dir=str(tmp_path),
+                    display=f"rerun+save:{rrd}", inference=InferenceConfig(worker="thread"))
+    m = run(cfg)
+    rows = read_rrd(rrd)
+    assert m.stop_reason == "completed" and len(rows["/timing/tick_jitter_ms"]) == len(m.tick_jitter_s)
+    assert len(rows["/cameras/scene_rgb"]) == len(rows["/cameras/wrist_rgb"]) == len(m.tick_jitter_s)
+    assert len(rows["/world/chunk"]) == m.chunks_received >= 1
+    monkeypatch.setitem(sys.modules, "rerun", None)  # the viz extra not installed
+    with pytest.raises(DisplayUnavailable, match=r'pip install -e "\.\[viz\]"'):
+        run(cfg)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1  # the second run never started
+    with pytest.raises(ValueError, match="display"):
+        RunConfig(checkpoint="x", display="rerun+save:")
