@@ -108,8 +108,11 @@ class RerunSink:
         self.rr = rr
         self.rec = rr.RecordingStream(APP_ID, recording_id=str(uuid.uuid4()))
         if display.save is not None:
-            display.save.parent.mkdir(parents=True, exist_ok=True)
-            self.rec.save(str(display.save))
+            try:
+                display.save.parent.mkdir(parents=True, exist_ok=True)
+                self.rec.save(str(display.save))
+            except (OSError, RuntimeError) as e:  # an unwritable folder, a missing mount
+                raise DisplayUnavailable(f"display=rerun+save:{display.save}: cannot write the recording ({e})") from e
             self.where = str(display.save)
         else:
             try:
@@ -163,7 +166,8 @@ class RerunSink:
         rec.log("timing/tick_jitter_ms", rr.Scalars(s.jitter_s * 1e3))
         self.counts.update(s.reasons)
         for reason in dict.fromkeys(s.reasons):
-            level = rr.TextLogLevel.WARN if reason in ("underrun", "stale_hold", "stale_stop") else rr.TextLogLevel.INFO
+            warn = reason == "underrun" or reason.startswith("stale")
+            level = rr.TextLogLevel.WARN if warn else rr.TextLogLevel.INFO
             rec.log("events", rr.TextLog(f"tick {s.tick}: {reason}", level=level))
         for reason, n in self.counts.items():  # every tick, so each series is continuous
             rec.log(f"safety/{reason}", rr.Scalars(n))

@@ -91,6 +91,13 @@ def test_without_the_sdk_display_names_the_extra(monkeypatch):
     assert open_display("none", "run") is None  # no display needs no SDK
 
 
+def test_an_unwritable_recording_is_refused_before_the_loop(tmp_path):
+    pytest.importorskip("rerun", reason='the viz extra: pip install -e ".[viz]"')
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DisplayUnavailable, match="cannot write the recording"):
+        open_display(f"rerun+save:{tmp_path / 'file' / 'run.rrd'}", "run")  # a file where a folder must be
+
+
 def test_display_settings_are_parsed_or_named():
     assert parse_display("none") == Display() and parse_display(None) == Display()
     assert parse_display("rerun") == Display("rerun")
