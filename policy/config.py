@@ -36,8 +36,12 @@ class EncoderConfig:
     stem_stride: int = 4  # small_cnn: the stem conv (kernel 2*stride) downsamples by this
     crop_shape: tuple[int, int] = (84, 84)  # (H, W): random crop in training, center crop at inference
     pretrained_path: str | None = None  # resnet18 only: local .safetensors/.pth ImageNet weights
+    # training only: each image's brightness and contrast scaled by factors drawn in [1 - j, 1 + j] (0: off);
+    # for demos whose light varies (a real room), 0.1-0.2 is mild
+    color_jitter: float = 0.0
 
     def __post_init__(self) -> None:
+        need(0.0 <= self.color_jitter < 1.0, f"encoder.color_jitter must be in [0, 1), got {self.color_jitter}")
         need(self.backbone in BACKBONES, f"encoder.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         need(self.feature_dim >= 1, f"encoder.feature_dim must be >= 1, got {self.feature_dim}")
         need(self.num_keypoints >= 1, f"encoder.num_keypoints must be >= 1, got {self.num_keypoints}")

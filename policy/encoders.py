@@ -122,6 +122,22 @@ def gather_crops(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, cr
     return images[torch.arange(images.shape[0], device=images.device)[:, None, None], rows, cols]  # (N, h, w, 3)
 
 
+def jitter_colors(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(N, ...) images in [-1, 1] -> the same with each image's contrast (about its mean) and brightness scaled by
+    factors drawn uniformly in [1 - strength, 1 + strength] (from ``generator`` when given), clipped to [-1, 1]."""
+    if strength <= 0:
+        return x
+    n = x.shape[0]
+    dev = generator.device if generator is not None else x.device
+    factors = 1 + strength * (2 * torch.rand((2, n), generator=generator, device=dev).to(x.device) - 1)
+    shape = (n,) + (1,) * (x.dim() - 1)
+    contrast, brightness = factors[0].view(shape).to(x.dtype), factors[1].view(shape).to(x.dtype)
+    y = (x + 1) * 0.5  # [0, 1]
+    mean = y.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+    y = ((y - mean) * contrast + mean) * brightness
+    return (y.clamp(0, 1) * 2 - 1)
+
+
 class ObsEncoder(nn.Module):
     """Normalized observation window -> global condition (B, out_dim).
 
@@ -129,7 +145,8 @@ class ObsEncoder(nn.Module):
     ``action_history`` (B, To, A) already normalized. Image features per frame are concatenated
     with the low-dim features and the action history, then flattened over time. Images are cropped at
     random in training mode (``self.training``; ``generator`` makes the crops repeatable) and centred in
-    eval mode, as LeRobot's ``DiffusionRgbEncoder``.
+    eval mode, as LeRobot's ``DiffusionRgbEncoder``; ``encoder.color_jitter`` > 0 also jitters brightness
+    and contrast in training mode.
     """
 
     def __init__(self, cfg: PolicyConfig, load_pretrained: bool = True):
@@ -151,6 +168,8 @@ class ObsEncoder(nn.Module):
             img = crop_images(img.flatten(0, 1), self.cfg.encoder.crop_shape, self.training,
                               generator)  # (B*To, h, w, 3)
             x = Normalizer.normalize_image(img).permute(0, 3, 1, 2)  # (B*To, 3, h, w)
+            if self.training and self.cfg.encoder.color_jitter > 0:
+                x = jitter_colors(x, self.cfg.encoder.color_jitter, generator)
             parts.append(encoder(x.contiguous()).reshape(b, t, -1))  # (B, To, F)
         parts += [obs[k] for k in self.cfg.lowdim_dims]  # (B, To, D)
         if self.cfg.use_action_history:

@@ -1,6 +1,7 @@
 """Training throughput and peak memory of the default CPU config on a synthetic dataset.
 
-    python tests/benchmarks/bench_train.py [--quick] [--out FILE.json] [--threads N]
+    python tests/benchmarks/bench_train.py [--quick] [--out FILE.json] [--threads N] [--precision auto|float32]
+        [--compile]
 
 Builds a synthetic replay buffer (20 episodes x 50 steps at 96x96; --quick: 4 x 20) in a temporary
 folder, then runs ``python -m policy.train`` (configs/train.yaml with policy=cpu_default) in a child
@@ -27,6 +28,7 @@ import numpy as np
 from _common import DEFAULT_POLICY_YAML, REPO, finish, machine_info, parse_args, print_table
 
 from policy.data.synthetic import make_synthetic_dataset
+from policy.hardware import native_cpu_bf16
 
 
 def dir_size_mb(path: Path) -> float:
@@ -53,13 +55,14 @@ def child_peak_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, float
 
 
 def run_training(dataset: Path, out_dir: Path, steps: int, batch_size: int, log_every: int, threads: int,
-                 device: str) -> tuple[float, float]:
+                 device: str, amp: bool = True, compile_: bool = False) -> tuple[float, float]:
     """Train in a child process; returns (wall seconds, peak RSS of the child in MiB)."""
     cmd = [sys.executable, "-m", "policy.train", f"policy={DEFAULT_POLICY_YAML.stem}",
            f"train.dataset={dataset}", f"train.out_dir={out_dir}", f"train.steps={steps}",
            f"train.batch_size={batch_size}", f"train.log_every={log_every}",
            f"train.val_every={steps + 1}", f"train.ckpt_every={steps + 1}",  # only at the final step
-           f"train.num_threads={threads}", f"train.device={device}", "train.progress=false"]
+           f"train.num_threads={threads}", f"train.device={device}", "train.progress=false",
+           f"train.amp={str(amp).lower()}", f"train.compile={str(compile_).lower()}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     print("child:", " ".join(cmd[1:]))
     return child_peak_rss_mb(cmd, env)
@@ -72,6 +75,9 @@ def main() -> None:
         p.add_argument("--log-every", type=int, default=25,
                        help="steps per throughput record (default 25; --quick: 10)")
         p.add_argument("--device", default="cpu", help="train.device of the child (default cpu)")
+        p.add_argument("--precision", choices=["auto", "float32"], default="auto",
+                       help="auto: train.amp=true (bf16 autocast where the CPU has native bf16); float32: amp off")
+        p.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile the networks)")
 
     args = parse_args(__file__, "training throughput and peak RSS of the default CPU config", extra)
     n_episodes, episode_len = (4, 20) if args.quick else (20, 50)
@@ -91,7 +97,7 @@ def main() -> None:
         # the same imports without training: how much of the peak is torch itself (smaller, so first)
         _, baseline_mb = child_peak_rss_mb([sys.executable, "-c", "import torch, policy.train"], dict(os.environ))
         wall, peak_mb = run_training(dataset, out_dir, steps, args.batch_size, log_every, args.threads,
-                                     args.device)
+                                     args.device, args.precision == "auto", args.compile)
         records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line]
         if not (out_dir / "checkpoints" / "latest").is_dir():
             raise SystemExit(f"the training child wrote no checkpoint under {out_dir}")
@@ -139,6 +145,9 @@ def main() -> None:
         "policy_config": DEFAULT_POLICY_YAML.stem,
         "image_shape": f"{image_shape[0]}x{image_shape[1]}",
         "device": args.device,
+        "precision": "bfloat16 autocast" if args.precision == "auto" and native_cpu_bf16() and args.device == "cpu"
+        else "float32" if args.device == "cpu" else f"amp={args.precision == 'auto'}",
+        "compile": args.compile,
         # after training: machine_info runs git in a child process
         **machine_info(args.threads, args.quick),
     }

@@ -103,3 +103,38 @@ def test_resnet18_refuses_a_wrong_or_missing_weight_file(tmp_path):
 def test_unet_config_rejects_groups_that_do_not_divide():
     with pytest.raises(ValueError, match="n_groups"):
         UNetConfig(down_dims=(64, 100), n_groups=8)
+
+
+def test_color_jitter_scales_each_image_within_its_bounds():
+    from policy.encoders import jitter_colors
+
+    x = torch.linspace(-1, 1, 4 * 3 * 8 * 8).reshape(4, 3, 8, 8)
+    assert jitter_colors(x, 0.0) is x  # off: untouched
+    gray = torch.full((256, 3, 4, 4), 0.0)  # y = 0.5 everywhere: contrast does nothing, brightness scales
+    out = jitter_colors(gray, 0.2, torch.Generator().manual_seed(0))
+    y = (out[:, 0, 0, 0] + 1) / 2
+    assert torch.all(y >= 0.5 * 0.8 - 1e-6) and torch.all(y <= 0.5 * 1.2 + 1e-6)
+    assert y.std() > 0.03  # per-image factors, not one for the batch
+    assert torch.all(out == out[:, :1, :1, :1])  # one factor per image
+    a = jitter_colors(x, 0.3, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, jitter_colors(x, 0.3, torch.Generator().manual_seed(1)))  # repeatable
+    assert a.min() >= -1 and a.max() <= 1 and not torch.equal(a, x)
+
+
+def test_color_jitter_acts_in_training_only():
+    def encoder(jitter: float) -> ObsEncoder:
+        torch.manual_seed(0)  # the same weights for both
+        return ObsEncoder(PolicyConfig(image_shape=(32, 32), n_obs_steps=1, encoder=EncoderConfig(
+            crop_shape=(32, 32), channels=(8, 8), stem_stride=2, feature_dim=16, color_jitter=jitter)))
+
+    enc, plain = encoder(0.3), encoder(0.0)
+    g = torch.Generator().manual_seed(0)
+    obs = {"scene_rgb": torch.randint(0, 255, (2, 1, 32, 32, 3), dtype=torch.uint8, generator=g),
+           "wrist_rgb": torch.randint(0, 255, (2, 1, 32, 32, 3), dtype=torch.uint8, generator=g),
+           "ee_pose": torch.zeros(2, 1, 9), "gripper": torch.zeros(2, 1, 1), "action_history": torch.zeros(2, 1, 10)}
+    enc.eval(), plain.eval()
+    torch.testing.assert_close(enc(obs), plain(obs))  # inference: no jitter
+    enc.train(), plain.train()
+    assert not torch.allclose(enc(obs, torch.Generator().manual_seed(5)), plain(obs, torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="color_jitter"):
+        EncoderConfig(color_jitter=1.5)
