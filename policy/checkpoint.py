@@ -34,6 +34,7 @@ from policy.atomic import old_path, swap_in
 from policy.config import Config
 from policy.config_utils import ConfigError, from_dict, to_dict
 from policy.normalizer import Normalizer
+from policy.window import check_normalizer
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("config.yaml", "model.safetensors", "normalizer.json", "meta.json")
@@ -52,7 +53,7 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
             if (c / "model.safetensors").is_file():
                 return c
     raise CheckpointError(f"{p} is not a checkpoint folder (no model.safetensors there or in "
-                          f"{p / 'checkpoints' / 'latest'})")
+                          f"{p / 'checkpoints' / 'latest'}; an exported policy has policy.onnx)")
 
 
 def _state_to_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -121,8 +122,8 @@ def load_config(path: str | Path) -> Config:
 
 def load_spec(path: str | Path):
     """The ``PolicySpec`` of a checkpoint, from its config and meta.json alone (no weights are loaded)."""
-    from policy.model import obs_keys
     from policy.protocol import PolicySpec
+    from policy.window import obs_keys
 
     path = resolve_checkpoint_dir(path)
     p = load_config(path).policy
@@ -152,16 +153,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     model = DiffusionPolicyModel(cfg.policy, load_pretrained=False)  # the weights come from model.safetensors
     load_state_checked(model, _read_tensors(path / "model.safetensors"), str(path / "model.safetensors"))
     normalizer = Normalizer.load(path / "normalizer.json")
-    needed = [*cfg.policy.lowdim_dims, "action"]
-    absent = [k for k in needed if k not in normalizer.stats]
-    if absent:
-        raise CheckpointError(f"checkpoint {path / 'normalizer.json'} has no statistics for {absent}")
-    for k in needed:
-        dim = cfg.policy.action_dim if k == "action" else cfg.policy.lowdim_dims[k]
-        found = normalizer.stats[k]["min"].shape
-        if found != (dim,):
-            raise CheckpointError(f"checkpoint {path / 'normalizer.json'}: {k} statistics have shape {found}, "
-                                  f"the config says ({dim},)")
+    check_normalizer(normalizer, cfg.policy, f"checkpoint {path / 'normalizer.json'}", CheckpointError)
     return cfg, model.to(device).eval(), normalizer, meta
 
 

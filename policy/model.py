@@ -8,12 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from policy import keys
 from policy.config import PolicyConfig
 from policy.encoders import ObsEncoder
 from policy.normalizer import Normalizer
 from policy.objectives import make_objective
 from policy.unet import ConditionalUnet1D
+from policy.window import model_inputs, obs_keys
+
+__all__ = ["DiffusionPolicyModel", "obs_keys", "to_model_inputs"]
 
 
 class DiffusionPolicyModel(nn.Module):
@@ -42,13 +44,15 @@ class DiffusionPolicyModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
-               steps: int | None = None, sampler: str | None = None) -> torch.Tensor:
-        """Normalized obs window -> normalized action chunks (B, Tp, A) (centre crops in eval mode)."""
+               steps: int | None = None, sampler: str | None = None, noise: torch.Tensor | None = None,
+               ) -> torch.Tensor:
+        """Normalized obs window -> normalized action chunks (B, Tp, A) (centre crops in eval mode); ``noise``:
+        the initial sample (B, Tp, A) (None: drawn from ``generator``)."""
         o = self.cfg.objective
         cond = self.condition(obs)  # (B, FiLM), once for all steps
         shape = (self.cfg.chunk_len, self.cfg.action_dim)
         return self.objective.sample(self.net, cond, shape, steps or o.num_inference_steps,
-                                     sampler or o.sampler, generator)
+                                     sampler or o.sampler, generator, noise)
 
 
     @torch.no_grad()
@@ -57,25 +61,14 @@ class DiffusionPolicyModel(nn.Module):
         return self.net.prepare_condition(self.encoder(obs, None))
 
 
-def obs_keys(cfg: PolicyConfig) -> tuple[str, ...]:
-    """Keys of an observation window, in a fixed order."""
-    extra = (keys.ACTION_HISTORY,) if cfg.use_action_history else ()
-    return (*cfg.image_keys, *cfg.lowdim_dims, *extra)
-
-
 def to_model_inputs(batch: Mapping[str, np.ndarray | torch.Tensor], cfg: PolicyConfig, normalizer: Normalizer,
                     device: torch.device) -> dict[str, torch.Tensor]:
-    """Robot-unit batch (B, To, ...) -> tensors the model takes: images stay uint8, the rest normalized.
+    """Robot-unit batch (B, To, ...) -> tensors on ``device`` the model takes (``policy.window.model_inputs``):
+    images stay uint8, the rest normalized; ``action`` (B, Tp, A) too when present."""
 
-    ``action`` (B, Tp, A) is normalized too when present. The action history uses the action
-    statistics.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for k in cfg.image_keys:
-        out[k] = torch.as_tensor(batch[k]).to(device, non_blocking=True)
-    for k in cfg.lowdim_dims:
-        out[k] = normalizer.normalize(k, torch.as_tensor(batch[k]).to(device, torch.float32))
-    for k in (keys.ACTION_HISTORY, keys.ACTION):
-        if k in batch and (k == keys.ACTION or cfg.use_action_history):
-            out[k] = normalizer.normalize(keys.ACTION, torch.as_tensor(batch[k]).to(device, torch.float32))
-    return out
+    def convert(x: np.ndarray | torch.Tensor, dtype: np.dtype | None) -> torch.Tensor:
+        if dtype is None:
+            return torch.as_tensor(x).to(device, non_blocking=True)
+        return torch.as_tensor(x).to(device, torch.float32)
+
+    return model_inputs(batch, cfg, normalizer, convert)

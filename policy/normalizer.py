@@ -2,7 +2,8 @@
 
 Applied only at the Policy boundary (and in training on batches): the networks see
 normalized units, the runtime and sim never normalize. Statistics are fitted on the training
-set and saved as JSON inside the checkpoint.
+set and saved as JSON inside the checkpoint. ``normalize`` / ``unnormalize`` take numpy arrays and torch
+tensors alike, and importing this module needs no torch (an exported policy normalizes in numpy).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 RANGE_EPS = 1e-4  # a dimension whose range is below this is constant: it maps to 0
 
@@ -38,7 +42,7 @@ class Normalizer:
             self._scale[k] = np.where(const, 1.0, 2.0 / np.where(const, 1.0, rng)).astype(np.float32)
             self._inv_scale[k] = np.where(const, 0.0, 1.0 / self._scale[k]).astype(np.float32)
             self._offset[k] = np.where(const, s["min"], (s["max"] + s["min"]) / 2).astype(np.float32)
-        self._torch_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, ...]] = {}
+        self._torch_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, ...]] = {}  # (key, device) -> params
 
     @classmethod
     def fit(cls, arrays: Mapping[str, np.ndarray]) -> Normalizer:
@@ -60,23 +64,29 @@ class Normalizer:
     def keys(self) -> list[str]:
         return list(self.stats)
 
-    def _params(self, key: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def _params(self, key: str, x: np.ndarray | torch.Tensor) -> tuple:
+        """(scale, inv_scale, offset) of ``key``: float32 numpy arrays for a numpy ``x``, tensors on its device
+        for a torch ``x``."""
         if key not in self.stats:
             raise KeyError(f"normalizer has no statistics for {key!r}; it has {self.keys()}")
-        cached = self._torch_cache.get((key, device))
+        if isinstance(x, np.ndarray):
+            return self._scale[key], self._inv_scale[key], self._offset[key]
+        import torch
+
+        cached = self._torch_cache.get((key, x.device))
         if cached is None:
-            cached = tuple(torch.from_numpy(a[key]).to(device) for a in (self._scale, self._inv_scale, self._offset))
-            self._torch_cache[(key, device)] = cached
+            cached = tuple(torch.from_numpy(a[key]).to(x.device) for a in (self._scale, self._inv_scale, self._offset))
+            self._torch_cache[(key, x.device)] = cached
         return cached
 
-    def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        """Robot units -> normalized units; last axis is the feature axis."""
-        scale, _, offset = self._params(key, x.device)
+    def normalize(self, key: str, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Robot units -> normalized units; last axis is the feature axis (numpy: float32 in, float32 out)."""
+        scale, _, offset = self._params(key, x)
         return (x - offset) * scale
 
-    def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+    def unnormalize(self, key: str, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Normalized units -> robot units."""
-        _, inv_scale, offset = self._params(key, x.device)
+        _, inv_scale, offset = self._params(key, x)
         return x * inv_scale + offset
 
     @staticmethod

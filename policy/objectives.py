@@ -91,10 +91,11 @@ class DDPMObjective:
 
     @torch.no_grad()
     def sample(self, net: nn.Module, cond: torch.Tensor, shape: tuple[int, int], steps: int, sampler: str,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """cond (B, C) -> actions (B, T, A) normalized, for ``shape`` = (T, A)."""
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """cond (B, C) -> actions (B, T, A) normalized, for ``shape`` = (T, A); ``noise``: the initial sample
+        (B, T, A) (None: drawn from ``generator``; DDIM is then deterministic, as ``policy.export`` needs)."""
         b = cond.shape[0]
-        x = randn((b, *shape), generator, cond.device)
+        x = randn((b, *shape), generator, cond.device) if noise is None else noise
         ab_all = self.alphas_cumprod.tolist()
         ts = self.timesteps(steps)
         for i, t in enumerate(ts):
@@ -169,9 +170,10 @@ class FlowObjective:
 
     @torch.no_grad()
     def sample(self, net: nn.Module, cond: torch.Tensor, shape: tuple[int, int], steps: int, sampler: str,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """cond (B, C) -> actions (B, T, A) normalized; ``noise``: the initial sample (B, T, A) (None: drawn)."""
         b = cond.shape[0]
-        x = randn((b, *shape), generator, cond.device)
+        x = randn((b, *shape), generator, cond.device) if noise is None else noise
         dt = 1.0 / steps
         for i in range(steps):
             t = torch.full((b,), i * dt * self.time_scale, device=cond.device)

@@ -15,6 +15,7 @@ from policy.guidance import bid_select, rtc_sample, rtc_weights
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
 from policy.normalizer import Normalizer
 from policy.protocol import ChunkPrefix
+from policy.window import check_window
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -68,25 +69,7 @@ class Policy:
                    None if hz is None else float(hz))
 
     def _check_window(self, obs: Mapping[str, np.ndarray], batched: bool) -> None:
-        lead = 2 if batched else 1
-        for k in self.obs_keys:
-            if k not in obs:
-                raise KeyError(f"observation window is missing {k!r}; the policy needs {list(self.obs_keys)}")
-            a = np.asarray(obs[k])
-            if k in self.cfg.image_keys:
-                want: tuple[int, ...] = (*self.cfg.image_shape, 3)
-            elif k == keys.ACTION_HISTORY:
-                want = (self.action_dim,)
-            else:
-                want = (self.cfg.lowdim_dims[k],)
-            if a.ndim != lead + len(want) or a.shape[lead - 1] != self.n_obs_steps or tuple(a.shape[lead:]) != want:
-                expected = ("B, " if batched else "") + ", ".join(map(str, (self.n_obs_steps, *want)))
-                raise ValueError(f"observation {k!r}: expected shape ({expected}), got {a.shape}")
-            if k in self.cfg.image_keys:
-                if a.dtype != np.uint8:
-                    raise ValueError(f"observation {k!r}: expected uint8 images, got {a.dtype}")
-            elif not np.all(np.isfinite(a)):
-                raise ValueError(f"observation {k!r} contains NaN or inf")
+        check_window(obs, self.cfg, batched)
 
     @torch.inference_mode()
     def predict_chunks(self, obs_batch: Mapping[str, np.ndarray], generator: torch.Generator | None = None,

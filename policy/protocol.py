@@ -82,6 +82,15 @@ def accepts_prefix(policy: object) -> bool:
         return False
 
 
+def no_prefix_reason(policy: object) -> str:
+    """Why ``policy`` cannot continue a ``ChunkPrefix``, in words for an error ("" when it can): its own
+    ``no_prefix_reason`` attribute when it has one (e.g. an exported policy), else that its ``predict_chunk``
+    takes no prefix."""
+    if accepts_prefix(policy):
+        return ""
+    return str(getattr(policy, "no_prefix_reason", "") or "its predict_chunk takes no prefix")
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     """What a caller must know about a policy without loading its weights (e.g. for a worker process)."""

@@ -141,8 +141,9 @@ class Controller:
             log.info("controller.execution=auto: %s (%s)", execution, worker.name)
         self.execution = execution  # naive | rtc | bid | ensemble
         if execution in ("rtc", "bid") and not worker.accepts_prefix:
+            why = worker.no_prefix_reason or "its predict_chunk takes no prefix"
             raise ValueError(f"controller.execution={execution} needs a policy whose predict_chunk takes a prefix "
-                             f"(predict_chunk(window, prefix=...)); {worker.name} does not: use "
+                             f"(predict_chunk(window, prefix=...)); {worker.name} does not ({why}): use "
                              "controller.execution=naive or ensemble with it")
         self.buffer: ActionBuffer | EnsembleBuffer = make_buffer(execution, policy.chunk_len, policy.action_dim,
                                                                  self.cfg.ensemble_decay)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policy.protocol import ChunkPolicy, ChunkPrefix, PolicySpec, accepts_prefix
+from policy.protocol import ChunkPolicy, ChunkPrefix, PolicySpec, accepts_prefix, no_prefix_reason
 from runtime.clock import Clock
 
 log = logging.getLogger("runtime.inference")
@@ -63,9 +63,11 @@ def _predict(policy: ChunkPolicy, window: Mapping[str, np.ndarray],
 
 class InferenceWorker(ABC):
     """One request at a time: ``submit`` while idle, ``poll`` every tick. ``spec`` describes the policy,
-    ``name`` names it in errors, ``accepts_prefix`` says whether it continues a ``ChunkPrefix``."""
+    ``name`` names it in errors, ``accepts_prefix`` says whether it continues a ``ChunkPrefix`` and
+    ``no_prefix_reason`` why not (``policy.protocol.no_prefix_reason``)."""
 
     accepts_prefix: bool = False
+    no_prefix_reason: str = ""
     name: str = "the policy"
 
     def __init__(self, spec: PolicySpec, clock: Clock):
@@ -94,6 +96,7 @@ class ThreadedWorker(InferenceWorker):
         super().__init__(PolicySpec.of(policy), clock)
         self.policy = policy
         self.accepts_prefix, self.name = accepts_prefix(policy), type(policy).__name__
+        self.no_prefix_reason = no_prefix_reason(policy)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._request: tuple[dict[str, np.ndarray], int, float, ChunkPrefix | None] | None = None
@@ -154,6 +157,7 @@ class SimulatedLatencyWorker(InferenceWorker):
         super().__init__(PolicySpec.of(policy), clock)
         self.policy = policy
         self.accepts_prefix, self.name = accepts_prefix(policy), type(policy).__name__
+        self.no_prefix_reason = no_prefix_reason(policy)
         if not (latency == "measured" or (isinstance(latency, (int, float)) and latency >= 0)):
             raise ValueError(f"latency must be >= 0 seconds or 'measured', got {latency!r}")
         self.latency = latency
@@ -179,22 +183,18 @@ class SimulatedLatencyWorker(InferenceWorker):
 
 
 def _load_checkpoint(checkpoint: str, device: str, num_threads: int, overrides: dict) -> ChunkPolicy:
-    """In the child: torch threads, then ``Policy.from_pretrained``."""
-    import torch
+    """In the child: ``policy.loader.load_policy`` (an exported folder: onnxruntime, and torch is never imported)."""
+    from policy.loader import load_policy
 
-    from policy.policy import Policy
-
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    return Policy.from_pretrained(checkpoint, device=device, **overrides)
+    return load_policy(checkpoint, device=device, num_threads=num_threads, **overrides)
 
 
 def _serve_process(conn, load: Callable[[], ChunkPolicy]) -> None:
-    """Child process: ``load()`` the policy once (answering ``ready`` with whether it accepts a prefix),
-    then answer (window, obs_tick, prefix) requests until None."""
+    """Child process: ``load()`` the policy once (answering ``ready`` with whether it accepts a prefix, and
+    why not), then answer (window, obs_tick, prefix) requests until None."""
     try:
         policy = load()
-        conn.send(("ready", accepts_prefix(policy)))
+        conn.send(("ready", (accepts_prefix(policy), no_prefix_reason(policy))))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("load_error", repr(e)))
         return
@@ -251,7 +251,7 @@ class ChildProcessWorker(InferenceWorker):
         if kind != "ready":
             self.close()
             raise RuntimeError(f"inference process could not load {what}: {payload}")
-        self.accepts_prefix = bool(payload)
+        self.accepts_prefix, self.no_prefix_reason = bool(payload[0]), str(payload[1])
 
     @property
     def pid(self) -> int | None:
@@ -316,12 +316,12 @@ class ChildProcessWorker(InferenceWorker):
 
 
 class ProcessWorker(ChildProcessWorker):
-    """Runs ``Policy.from_pretrained(checkpoint)`` in a child process. ``overrides`` go to
-    ``from_pretrained`` (num_inference_steps, sampler)."""
+    """Runs a checkpoint, or an exported policy (``policy.onnx``), in a child process (``policy.loader``).
+    ``overrides`` go to the loader (num_inference_steps, sampler)."""
 
     def __init__(self, checkpoint: str, clock: Clock, device: str = "cpu", num_threads: int = 1,
                  start_timeout_s: float = 120.0, **overrides):
-        from policy.checkpoint import load_spec
+        from policy.loader import load_spec
 
         load = functools.partial(_load_checkpoint, str(checkpoint), device, num_threads, overrides)
         super().__init__(load_spec(checkpoint), clock, load, str(checkpoint), start_timeout_s)

@@ -35,7 +35,7 @@ log = logging.getLogger("runtime.run")
 class InferenceConfig:
     worker: str = "process"  # process: a child process (no GIL contention with the loop) | thread
     device: str = "cpu"
-    num_threads: int = 1  # torch threads for inference; leave cores to the loop and the drivers
+    num_threads: int = 1  # torch (onnxruntime) threads for inference; leave cores to the loop and the drivers
     num_inference_steps: int | None = None  # None: the checkpoint's
     sampler: str | None = None
 
@@ -76,13 +76,9 @@ def _worker(cfg: RunConfig, clock: WallClock):
                  if v is not None}
     if inf.worker == "process":
         return ProcessWorker(cfg.checkpoint, clock, device=inf.device, num_threads=inf.num_threads, **overrides)
-    import torch
+    from policy.loader import load_policy
 
-    from policy.policy import Policy
-
-    if inf.num_threads > 0:
-        torch.set_num_threads(inf.num_threads)
-    return ThreadedWorker(Policy.from_pretrained(cfg.checkpoint, device=inf.device, **overrides), clock)
+    return ThreadedWorker(load_policy(cfg.checkpoint, inf.device, inf.num_threads, **overrides), clock)
 
 
 def run(cfg: RunConfig, stop_event=None) -> RunMetrics:
@@ -135,7 +131,7 @@ def main() -> None:
                 estop.listen_keys(("ESC", "q"))  # the software e-stop key
             try:
                 metrics = run(cfg, estop.event)
-            except (ControllerError, DriverError, RuntimeError, ValueError) as e:  # failed to start: no metrics
+            except (ControllerError, DriverError, RuntimeError, ValueError, ImportError) as e:  # failed to start
                 sys.exit(f"run could not start: {type(e).__name__}: {e}")
         print({k: v for k, v in metrics.summary().items() if v is not None})
         if metrics.stop_reason not in ("completed", "stop_requested"):

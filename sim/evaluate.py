@@ -66,7 +66,7 @@ class EvalConfig:
     video_scale: int = 2  # pixel repeat of the video frames
     out: str = ""  # results folder; "": <checkpoint>/eval
     device: str = "cpu"
-    num_threads: int = 1  # torch threads per worker
+    num_threads: int = 1  # torch (onnxruntime) threads per worker
     num_inference_steps: int | None = None  # None: the checkpoint's
     env: dict[str, Any] = field(default_factory=dict)  # task overrides over the demos' own (unknown keys fail)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -112,9 +112,9 @@ class EvalConfig:
 
 def dataset_of(checkpoint: str | Path) -> Path | None:
     """The dataset folder a checkpoint was trained on (from its meta.json), if recorded."""
-    from policy.checkpoint import resolve_checkpoint_dir
+    from policy.loader import policy_dir
 
-    meta_path = resolve_checkpoint_dir(checkpoint) / "meta.json"
+    meta_path = policy_dir(checkpoint) / "meta.json"
     meta = json.loads(meta_path.read_text())
     path = meta.get("dataset", {}).get("path")
     return Path(path) if path else None
@@ -148,17 +148,14 @@ class EvalWorker:
 def eval_worker(cfg_json: str, task: str) -> EvalWorker:
     """The process's ``EvalWorker`` for ``cfg_json`` (``EvalConfig`` as JSON) and ``task``, built on its first
     episode (where errors reach the parent; an exception in a pool initializer would respawn workers forever)."""
-    import torch
-
     from policy.config_utils import from_dict
-    from policy.policy import Policy
+    from policy.loader import load_policy
     from sim.gym_adapter import make_gym_env
     from sim.tasks import make_env
 
     cfg = from_dict(EvalConfig, json.loads(cfg_json))
-    torch.set_num_threads(max(1, cfg.num_threads))
     logging.getLogger("runtime.controller").setLevel(logging.ERROR)  # underruns are counted, not printed
-    policy = Policy.from_pretrained(cfg.checkpoint, cfg.device, cfg.num_inference_steps)
+    policy = load_policy(cfg.checkpoint, cfg.device, max(1, cfg.num_threads), cfg.num_inference_steps)
     size = (int(policy.cfg.image_shape[0]), int(policy.cfg.image_shape[1]))
     env = make_gym_env(cfg.gym, size) if task == "gym" else \
         make_env(task, {"image_height": size[0], "image_width": size[1], **cfg.env})
@@ -205,6 +202,16 @@ def episode_displays(display: str, n_episodes: int, seeds: list[int]) -> list[st
     return out
 
 
+def seed_noise(policy: Any, seed: int) -> None:
+    """Seed the generator of the policy's sampling noise: an exported policy's own ``rng``, else torch's."""
+    if isinstance(getattr(policy, "rng", None), np.random.Generator):
+        policy.rng = np.random.default_rng(seed)
+        return
+    import torch
+
+    torch.manual_seed(seed)
+
+
 def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool = False,
                 clock: Any = None, observers: Any = ()) -> dict[str, Any]:
     """One evaluation episode on ``env`` from ``seed`` through the runtime controller on a SimClock.
@@ -215,8 +222,6 @@ def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool 
     as a failure, with its reason) and, if ``record``, ``frames`` (T, H, 2W, 3) uint8. ``clock``: a fresh
     ``SimClock`` to run on (default: a new one). ``observers``: the controller's (``runtime.observer``).
     """
-    import torch
-
     from runtime.clock import SimClock
     from runtime.controller import Controller
     from runtime.inference import SimulatedLatencyWorker
@@ -225,7 +230,7 @@ def run_episode(env: Any, policy: Any, cfg: EvalConfig, seed: int, record: bool 
     from sim.gym_adapter import GymAdapter
     from sim.gym_drivers import gym_drivers
 
-    torch.manual_seed(seed)  # the sampler's noise: the same episode for the same seed
+    seed_noise(policy, seed)  # the sampler's noise: the same episode for the same seed
     clock = clock if clock is not None else SimClock()
     outcome = EpisodeOutcome(frames=[] if record else None)  # the robot records each step here
     gym_env = isinstance(env, GymAdapter)
@@ -298,12 +303,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     from tqdm import tqdm
 
-    from policy.checkpoint import resolve_checkpoint_dir
     from policy.config_utils import from_dict, to_dict
+    from policy.loader import policy_dir
     from sim.gym_drivers import check_gym_eval
     from sim.tasks import get_task
 
-    ckpt = resolve_checkpoint_dir(cfg.checkpoint)
+    ckpt = policy_dir(cfg.checkpoint)
     task, collected, gym_cfg, env = resolve_task(cfg)
     cfg = replace(cfg, gym=gym_cfg, env=env)
     if task == "gym":  # a mapping the policy does not fit fails here (the env is built once), not in a worker

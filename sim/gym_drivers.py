@@ -163,8 +163,8 @@ def gym_drivers(env: GymAdapter, policy: Any, safety: SafetyConfig, now: Callabl
 def check_gym_eval(cfg: GymConfig, checkpoint: str, safety: SafetyConfig) -> dict[str, Any]:
     """Build the mapped env once and check that the checkpoint's policy fits it (ValueError naming what
     differs); returns the safety that evaluation applies, for eval.json."""
-    from policy.checkpoint import load_config
-    from policy.model import obs_keys
+    from policy.loader import load_config
+    from policy.window import obs_keys
     from sim.gym_adapter import make_gym_env
 
     p = load_config(checkpoint).policy

@@ -1,0 +1,83 @@
+"""An observation window at the policy boundary, without torch: its keys, its checks, and the network inputs
+made from it (images as they are, the rest normalized). Shared by the torch ``Policy`` and the exported
+``OnnxPolicy``, so both accept and reject exactly the same windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from policy import keys
+from policy.config import PolicyConfig
+from policy.normalizer import Normalizer
+
+
+def obs_keys(cfg: PolicyConfig) -> tuple[str, ...]:
+    """Keys of an observation window, in a fixed order."""
+    extra = (keys.ACTION_HISTORY,) if cfg.use_action_history else ()
+    return (*cfg.image_keys, *cfg.lowdim_dims, *extra)
+
+
+def check_window(obs: Mapping[str, np.ndarray], cfg: PolicyConfig, batched: bool) -> None:
+    """Raise naming the key when ``obs`` is not a window the policy of ``cfg`` takes: each key of
+    ``obs_keys(cfg)`` present, (To, ...) per key (``batched``: (B, To, ...)), uint8 images, finite numbers."""
+    lead = 2 if batched else 1
+    for k in obs_keys(cfg):
+        if k not in obs:
+            raise KeyError(f"observation window is missing {k!r}; the policy needs {list(obs_keys(cfg))}")
+        a = np.asarray(obs[k])
+        if k in cfg.image_keys:
+            want: tuple[int, ...] = (*cfg.image_shape, 3)
+        elif k == keys.ACTION_HISTORY:
+            want = (cfg.action_dim,)
+        else:
+            want = (cfg.lowdim_dims[k],)
+        if a.ndim != lead + len(want) or a.shape[lead - 1] != cfg.n_obs_steps or tuple(a.shape[lead:]) != want:
+            expected = ("B, " if batched else "") + ", ".join(map(str, (cfg.n_obs_steps, *want)))
+            raise ValueError(f"observation {k!r}: expected shape ({expected}), got {a.shape}")
+        if k in cfg.image_keys:
+            if a.dtype != np.uint8:
+                raise ValueError(f"observation {k!r}: expected uint8 images, got {a.dtype}")
+        elif not np.all(np.isfinite(a)):
+            raise ValueError(f"observation {k!r} contains NaN or inf")
+
+
+def _as_numpy(x: Any, dtype: Any = None) -> np.ndarray:
+    return np.asarray(x, dtype)
+
+
+def model_inputs(batch: Mapping[str, Any], cfg: PolicyConfig, normalizer: Normalizer,
+                 convert: Callable[..., Any] = _as_numpy) -> dict[str, Any]:
+    """Robot-unit batch (B, To, ...) -> what the network takes: images stay uint8, the rest normalized.
+
+    ``action`` (B, Tp, A) is normalized too when present; the action history uses the action statistics.
+    ``convert(x, dtype)`` makes the array type (dtype None: keep; float32 for everything normalized): numpy
+    by default, torch tensors on a device in ``policy.model.to_model_inputs``.
+    """
+    out: dict[str, Any] = {}
+    for k in cfg.image_keys:
+        out[k] = convert(batch[k], None)
+    for k in cfg.lowdim_dims:
+        out[k] = normalizer.normalize(k, convert(batch[k], np.float32))
+    for k in (keys.ACTION_HISTORY, keys.ACTION):
+        if k in batch and (k == keys.ACTION or cfg.use_action_history):
+            out[k] = normalizer.normalize(keys.ACTION, convert(batch[k], np.float32))
+    return out
+
+
+def check_normalizer(normalizer: Normalizer, cfg: PolicyConfig, source: str,
+                     error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming ``source`` (the normalizer file) unless it has statistics of the config's shape for
+    every low-dim key and the action."""
+    needed = [*cfg.lowdim_dims, keys.ACTION]
+    absent = [k for k in needed if k not in normalizer.stats]
+    if absent:
+        raise error(f"{source} has no statistics for {absent}")
+    for k in needed:
+        dim = cfg.action_dim if k == keys.ACTION else cfg.lowdim_dims[k]
+        found = normalizer.stats[k]["min"].shape
+        if found != (dim,):
+            raise error(f"{source}: {k} statistics have shape {found}, the config says ({dim},)")
