@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,11 @@ def export_policy(cfg: ExportConfig) -> Path:
     names = [*keys, NOISE_INPUT]
     axes = {n: {0: "batch"} for n in [*names, OUTPUT]}
     tmp = out / (ONNX_FILE + ".tmp")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # known and harmless here: the tracer fixes the crop test and the DDIM schedule as constants (both are
+        # fixed by the config), and torch >= 2.9 calls this TorchScript-based exporter legacy
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(graph, args, str(tmp), input_names=names, output_names=[OUTPUT], dynamic_axes=axes,
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
     tmp.replace(out / ONNX_FILE)
