@@ -22,8 +22,8 @@ from policy.window import check_normalizer, check_window, model_inputs, obs_keys
 
 ONNX_FILE = "policy.onnx"
 EXPORT_FORMAT = 1
-NOISE_INPUT = "noise"  # the graph's last input: the initial sample (B, Tp, A) float32
-OUTPUT = "actions"  # its output: (B, Tp, A) float32, normalized
+NOISE_INPUT = "noise"  # the graph's last input: the initial sample (1, Tp, A) float32
+OUTPUT = "actions"  # its output: (1, Tp, A) float32, normalized
 UNROLLABLE_SAMPLERS = ("euler", "ddim")  # deterministic given the initial noise
 REQUIRED_FILES = (ONNX_FILE, "export.json", "normalizer.json", "config.yaml", "meta.json")
 EXPORT_FILES = (*REQUIRED_FILES, ONNX_FILE + ".tmp")
@@ -99,10 +99,9 @@ class OnnxPolicy:
     between calls but for ``rng``, the generator of the initial noise when no ``seed`` is given (as torch's
     global generator is for ``Policy``; ``sim.evaluate`` reseeds it per episode)."""
 
-    no_prefix_reason = ("an exported (ONNX) policy cannot continue a prefix: its graph holds the plain sampler "
-                        "only (rtc's guidance needs gradients through the network, bid a batch scored against "
-                        "the prefix); run it with controller.execution=naive or ensemble, or run the torch "
-                        "checkpoint for rtc/bid")
+    no_prefix_reason = ("an exported (ONNX) policy cannot continue a prefix: its graph holds only the plain sampler "
+                        "(rtc's guidance needs gradients through the network, bid scores a batch against the "
+                        "prefix); run the torch checkpoint for rtc or bid")
 
     def __init__(self, path: str | Path, device: str = "cpu", num_threads: int = 1,
                  num_inference_steps: int | None = None, sampler: str | None = None):
@@ -147,18 +146,24 @@ class OnnxPolicy:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a corrupt or foreign file
             raise ExportError(f"exported policy file {self.path / ONNX_FILE} cannot be loaded ({e})") from e
-        names = [i.name for i in self.session.get_inputs()]
-        want = [*self.obs_keys, NOISE_INPUT]
-        if names != want:
-            raise ExportError(f"{self.path / ONNX_FILE} takes inputs {names}, its config.yaml needs {want}: the "
+        found = {i.name: list(i.shape) for i in self.session.get_inputs()}
+        want = {k: [1, c.n_obs_steps, *((*c.image_shape, 3) if k in c.image_keys else
+                                        (c.lowdim_dims.get(k, c.action_dim),))] for k in self.obs_keys}
+        want[NOISE_INPUT] = [1, c.chunk_len, c.action_dim]
+        if found != want:
+            raise ExportError(f"{self.path / ONNX_FILE} takes inputs {found}, its config.yaml needs {want}: the "
                               "files come from different checkpoints; export again")
 
     def sample_normalized(self, batch: Mapping[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
         """Robot-unit window batch (B, To, ...) and initial noise (B, Tp, A) -> actions (B, Tp, A) normalized."""
         inputs = model_inputs({k: batch[k] for k in self.obs_keys}, self.cfg, self.normalizer)
-        feed = {k: np.ascontiguousarray(inputs[k]) for k in self.obs_keys}
-        feed[NOISE_INPUT] = np.ascontiguousarray(noise, np.float32)
-        return self.session.run([OUTPUT], feed)[0]
+        noise = np.asarray(noise, np.float32)
+        rows = []
+        for i in range(len(noise)):  # the graph takes batch 1 (policy.export)
+            feed = {k: np.ascontiguousarray(inputs[k][i:i + 1]) for k in self.obs_keys}
+            feed[NOISE_INPUT] = np.ascontiguousarray(noise[i:i + 1])
+            rows.append(self.session.run([OUTPUT], feed)[0])  # (1, Tp, A)
+        return np.concatenate(rows)
 
     def predict_chunks(self, obs_batch: Mapping[str, np.ndarray], rng: np.random.Generator | None = None,
                        noise: np.ndarray | None = None) -> np.ndarray:

@@ -10,6 +10,11 @@ time goes. The default config also runs each way of continuing a committed prefi
 (guided sampling, one backward pass per step; d = 3 of a P = 8 prefix) and ``bid`` (16 samples as one
 batch), against the 10 Hz loop's 100 ms and the target "default strategy's p50 <= 40 ms on 1 thread".
 Figures go to tests/benchmarks/results/predict_chunk.json (see DESIGN.md, style 10).
+
+The exported policy (``policy.export``, served by onnxruntime: ``OnnxPolicy``) is timed next to torch's
+``predict_chunk`` on the same weights and window, interleaved call by call, with 1 and 2 threads for both;
+and, for the design choice, against the network exported alone (encoder graph + one U-Net step graph) with the
+Euler loop in numpy. ``--onnx-only`` runs just that part (to results/predict_chunk_onnx.json).
 """
 
 from __future__ import annotations
@@ -113,12 +118,93 @@ def time_interleaved(fns: dict[str, Callable[[], object]], calls: int, warmup: i
     return times
 
 
+def onnx_comparison(cfg: PolicyConfig, model: DiffusionPolicyModel, normalizer: Normalizer,
+                    window: dict[str, np.ndarray], calls: int, tmp: Path,
+                    ) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+    """Torch against onnxruntime on the same weights (1 and 2 threads each), and the unrolled sampler against the
+    network alone with the sampler in numpy (flow only). -> (table rows, flat results)."""
+    import onnxruntime as ort
+
+    from policy.checkpoint import save_checkpoint
+    from policy.config import Config
+    from policy.export import ExportConfig, check_export, export_policy
+    from policy.onnx_policy import OnnxPolicy
+    from policy.window import model_inputs
+
+    model.eval()
+    save_checkpoint(tmp / "ckpt", Config(policy=cfg), model, normalizer, {"control_hz": None})
+    out = export_policy(ExportConfig(checkpoint=str(tmp / "ckpt"), out=str(tmp / "onnx"), check=False))
+    results: dict[str, Any] = {"onnx_vs_torch_max_abs_diff_normalized": check_export(out, model, normalizer),
+                               "onnxruntime_version": ort.__version__,
+                               "onnx_file_mb": (out / "policy.onnx").stat().st_size / 1e6}
+    torch_policy = Policy(model, normalizer, cfg, device="cpu")
+    # the network alone: the encoder (-> FiLM condition) and one U-Net step as two graphs, Euler in numpy
+    keys_ = obs_keys(cfg)
+    inputs = to_model_inputs({k: v[None] for k, v in window.items()}, cfg, normalizer, torch.device("cpu"))
+    x = torch.randn(1, cfg.chunk_len, cfg.action_dim)
+    with torch.no_grad():
+        cond = model.condition(inputs)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, m: DiffusionPolicyModel):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *obs: torch.Tensor) -> torch.Tensor:
+            return self.m.condition(dict(zip(keys_, obs)))
+
+    torch.onnx.export(Encoder(model).eval(), tuple(inputs[k] for k in keys_), str(tmp / "encoder.onnx"),
+                      input_names=list(keys_), output_names=["cond"], opset_version=17, dynamo=False)
+    torch.onnx.export(model.net.eval(), (x, torch.full((1,), 50.0), cond), str(tmp / "step.onnx"),
+                      input_names=["x", "t", "cond"], output_names=["v"], opset_version=17, dynamo=False)
+    model.eval()  # the exporter restores each wrapper's mode recursively
+    steps, scale = cfg.objective.num_inference_steps, float(cfg.objective.num_train_timesteps)
+    rows: list[tuple[Any, ...]] = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        onnx_policy = OnnxPolicy(out, num_threads=n)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = n, 1
+        enc = ort.InferenceSession(str(tmp / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        step = ort.InferenceSession(str(tmp / "step.onnx"), opts, providers=["CPUExecutionProvider"])
+
+        def numpy_sampler(enc=enc, step=step) -> np.ndarray:
+            """The network-alone alternative: what OnnxPolicy.predict_chunk does, with the Euler loop in numpy."""
+            batch = {k: v[None] for k, v in window.items()}  # (1, To, ...)
+            feed = {k: np.ascontiguousarray(v) for k, v in model_inputs(batch, cfg, normalizer).items()}
+            c = enc.run(None, feed)[0]  # (1, FiLM)
+            xs = np.random.default_rng().standard_normal((1, cfg.chunk_len, cfg.action_dim), dtype=np.float32)
+            for i in range(steps):
+                t = np.full((1,), i / steps * scale, np.float32)
+                xs = xs + (1.0 / steps) * step.run(None, {"x": xs, "t": t, "cond": c})[0]
+            return normalizer.unnormalize(keys.ACTION, np.clip(xs, -1, 1))[0]
+
+        fns: dict[str, Callable[[], object]] = {
+            "torch": lambda: torch_policy.predict_chunk(window),
+            "onnx": lambda p=onnx_policy: p.predict_chunk(window),
+        }
+        if cfg.objective.name == "flow":
+            fns["onnx_network_numpy_sampler"] = numpy_sampler
+        timed = time_interleaved(fns, calls)
+        for name, t in timed.items():
+            st = latency_stats_ms(t)
+            label = {"torch": "torch Policy", "onnx": "onnxruntime, sampler unrolled in the graph (exported)",
+                     "onnx_network_numpy_sampler": "onnxruntime, network alone + numpy Euler loop"}[name]
+            rows.append((f"{label}, {n} thread{'s' if n > 1 else ''}", st["median"], st["p90"], st["p99"],
+                         st["mean"], calls))
+            for stat in ("median", "p90", "p99"):
+                results[f"default_{name}_predict_chunk_ms_{stat}_{n}thread"] = st[stat]
+    return rows, results
+
+
 def main() -> None:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--calls", type=int, default=100,
                        help="timed calls per sampler (default 100, at least 50; --quick: 10)")
         p.add_argument("--default-calls", type=int, default=300,
                        help="timed calls for the default config, for its p99 (default 300; --quick: 10)")
+        p.add_argument("--onnx-only", action="store_true",
+                       help="only torch against the exported policy (default out: results/predict_chunk_onnx.json)")
 
     args = parse_args(__file__, "predict_chunk latency per sampler on the CPU", extra)
     calls = 10 if args.quick else max(50, args.calls)
@@ -133,6 +219,18 @@ def main() -> None:
         window, normalizer = observation_window(cfg, Path(tmp))
     shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in window.items())
     print(f"observation window: {shapes}")
+    if args.onnx_only:
+        if args.out is not None and args.out.name == "predict_chunk.json":
+            args.out = args.out.with_name("predict_chunk_onnx.json")
+        with tempfile.TemporaryDirectory(prefix="bench_predict_chunk_onnx_") as tmp:
+            rows, onnx_results = onnx_comparison(cfg, DiffusionPolicyModel(cfg), normalizer, window, default_calls,
+                                                 Path(tmp))
+        print_table(f"predict_chunk latency (ms), torch against the exported policy: {sampler_name(cfg)}, "
+                    f"batch 1, cpu", ["variant", "median", "p90", "p99", "mean", "calls"], rows)
+        finish({**onnx_results, "default_sampler": sampler_name(cfg), "timed_calls": default_calls,
+                "load_average_1min_start": load_start, "load_average_1min_end": os.getloadavg()[0],
+                **machine_info(args.threads, args.quick)}, args.out)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{WARMUP_CALLS} warm-up calls, then {default_calls} (default) / {calls} (samplers) timed calls")
 
@@ -170,6 +268,11 @@ def main() -> None:
         spolicy = Policy(DiffusionPolicyModel(scfg), normalizer, scfg, device="cpu")
         per_sampler[name] = latency_stats_ms(time_calls(lambda p=spolicy: p.predict_chunk(window), calls))
 
+    # ---- torch against the exported policy, 1 and 2 threads
+    with tempfile.TemporaryDirectory(prefix="bench_predict_chunk_onnx_") as tmp:
+        onnx_rows, onnx_results = onnx_comparison(cfg, model, normalizer, window, calls, Path(tmp))
+    torch.set_num_threads(args.threads)
+
     # ---- report
     steps = cfg.objective.num_inference_steps
     dname = sampler_name(cfg)
@@ -188,6 +291,8 @@ def main() -> None:
              row("  default one U-Net step", unet, default_calls)]
     print_table(f"predict_chunk latency (ms): {setup}; model {n_params / 1e6:.3f} M parameters",
                 ["variant", "median", "p90", "p99", "mean", "calls"], rows)
+    print_table("predict_chunk latency (ms), torch against the exported policy (policy.export, onnxruntime)",
+                ["variant", "median", "p90", "p99", "mean", "calls"], onnx_rows)
     parts = encoder["median"] + steps * unet["median"]
     print(f"\ndefault breakdown: encoder {encoder['median']:.2f} + {steps} x U-Net step "
           f"{unet['median']:.2f} = {parts:.2f} ms of {default['median']:.2f} ms "
@@ -225,6 +330,7 @@ def main() -> None:
         "load_average_1min_start": load_start,
         "load_average_1min_end": os.getloadavg()[0],
     })
+    results.update(onnx_results)
     for name, s in per_sampler.items():
         results[f"{name}_predict_chunk_ms_median"] = s["median"]
         results[f"{name}_predict_chunk_ms_p90"] = s["p90"]

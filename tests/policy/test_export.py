@@ -151,6 +151,12 @@ def test_a_wrong_normalizer_or_a_foreign_graph_is_named(exported, tmp_path):
     with pytest.raises(ExportError, match=r"normalizer.json has no statistics for \['gripper'\]"):
         load_policy(broken)
     shutil.copyfile(dest / "normalizer.json", broken / "normalizer.json")
+    config = (broken / "config.yaml").read_text()
+    (broken / "config.yaml").write_text(config.replace("chunk_len: 8", "chunk_len: 16"))
+    with pytest.raises(ExportError, match=r"policy.onnx takes inputs .*'noise': \[1, 8, 10\].*needs .*"
+                                          r"'noise': \[1, 16, 10\]"):
+        load_policy(broken)
+    (broken / "config.yaml").write_text(config)
     (broken / "policy.onnx").write_bytes(b"not a graph")
     with pytest.raises(ExportError, match=r"policy.onnx cannot be loaded"):
         load_policy(broken)
