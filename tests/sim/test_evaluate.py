@@ -89,6 +89,26 @@ def test_evaluate_end_to_end_on_a_tiny_checkpoint(trained, tmp_path):
     assert video.shape == (13, 2 * H, 2 * 2 * W, 3)  # 12 steps + the reset frame, scale 2, scene | wrist
 
 
+def test_an_exported_policy_is_evaluated_and_its_noise_is_seeded_per_episode(trained, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e \".[deploy]\")")
+    from policy.export import ExportConfig, export_policy
+
+    _, ckpt = trained
+    exported = export_policy(ExportConfig(checkpoint=str(ckpt), out=str(tmp_path / "exported")))
+    base = {"checkpoint": str(exported), "episodes": 2, "workers": 1, "videos": 0, "latency": "zero",
+            "max_steps": 12, "progress": False}
+    runs = [evaluate(from_dict(EvalConfig, {**base, "out": str(tmp_path / f"ev{i}")})) for i in range(2)]
+    s = runs[0]
+    assert s["task"] == "pick_place" and s["checkpoint"] == str(exported) and s["n_episodes"] == 2
+    assert all(r["steps"] == 12 and r["error"] is None and r["chunks"] >= 2 for r in s["episodes"])
+
+    def outcome(summary):  # all but the wall time of inference
+        return [{k: v for k, v in r.items() if k != "inference_ms_mean"} for r in summary["episodes"]]
+
+    assert outcome(runs[0]) == outcome(runs[1])  # the same seeds, the same chunks: the noise is seeded
+    assert outcome(runs[0])[0] != outcome(runs[0])[1]
+
+
 def test_training_keeps_the_best_evaluated_checkpoint(trained, tmp_path, monkeypatch):
     data, _ = trained
     results = iter([0.2, 0.6, 0.4])
