@@ -104,14 +104,18 @@ def time_calls(fn: Callable[[], object], calls: int, warmup: int = WARMUP_CALLS)
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], calls: int, warmup: int = WARMUP_CALLS,
-                     ) -> dict[str, list[float]]:
-    """Seconds per call of each ``fns[name]``, called in turn (one of each per round) ``calls`` rounds."""
+                     rotate: bool = False) -> dict[str, list[float]]:
+    """Seconds per call of each ``fns[name]``, called in turn (one of each per round) ``calls`` rounds.
+    ``rotate``: start each round one function later, so that none always runs right after the same other one
+    (whose work leaves the caches cold for it)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(calls):
-        for name, fn in fns.items():
+    items = list(fns.items())
+    for r in range(calls):
+        shift = r % len(items) if rotate else 0
+        for name, fn in items[shift:] + items[:shift]:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -134,8 +138,8 @@ def onnx_comparison(cfg: PolicyConfig, model: DiffusionPolicyModel, normalizer: 
     model.eval()
     save_checkpoint(tmp / "ckpt", Config(policy=cfg), model, normalizer, {"control_hz": None})
     out = export_policy(ExportConfig(checkpoint=str(tmp / "ckpt"), out=str(tmp / "onnx"), check=False))
-    results: dict[str, Any] = {"onnx_vs_torch_max_abs_diff_normalized": check_export(out, model, normalizer),
-                               "onnxruntime_version": ort.__version__,
+    check_export(out, model, normalizer)  # raises above 1e-4 (untrained weights saturate the clip: see the tests)
+    results: dict[str, Any] = {"onnxruntime_version": ort.__version__,
                                "onnx_file_mb": (out / "policy.onnx").stat().st_size / 1e6}
     torch_policy = Policy(model, normalizer, cfg, device="cpu")
     # the network alone: the encoder (-> FiLM condition) and one U-Net step as two graphs, Euler in numpy
@@ -185,7 +189,7 @@ def onnx_comparison(cfg: PolicyConfig, model: DiffusionPolicyModel, normalizer: 
         }
         if cfg.objective.name == "flow":
             fns["onnx_network_numpy_sampler"] = numpy_sampler
-        timed = time_interleaved(fns, calls)
+        timed = time_interleaved(fns, calls, rotate=True)
         for name, t in timed.items():
             st = latency_stats_ms(t)
             label = {"torch": "torch Policy", "onnx": "onnxruntime, sampler unrolled in the graph (exported)",
