@@ -31,13 +31,15 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECTIVES = {"flow": ObjectiveConfig(name="flow", sampler="euler", num_inference_steps=4),
+              "flow_sample": ObjectiveConfig(name="flow", sampler="euler", num_inference_steps=4,
+                                             flow_prediction="sample"),  # the net predicts the clean chunk
               "ddim": ObjectiveConfig(name="ddpm", sampler="ddim", num_inference_steps=4)}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """name -> (checkpoint, exported folder, a window in robot units): a tiny flow and a tiny DDIM checkpoint, the
-    flow one exported by the command line, the DDIM one by ``export_policy``."""
+    """name -> (checkpoint, exported folder, a window in robot units): tiny flow (velocity and clean-chunk
+    prediction) and DDIM checkpoints, the first exported by the command line, the others by ``export_policy``."""
     root = tmp_path_factory.mktemp("export")
     make_synthetic_dataset(root / "demos.zarr", n_episodes=4, episode_len=12, image_shape=(32, 32), seed=0)
     win = window_from_episode(ReplayBuffer.open(root / "demos.zarr").get_episode(1), 5, 2,
@@ -81,7 +83,7 @@ def test_the_onnx_chunk_equals_the_torch_chunk_for_the_same_noise(exported, name
     assert chunk.shape == (8, 10) and chunk.dtype == np.float32
     np.testing.assert_allclose(chunk, normalizer.unnormalize("action", want[0]), atol=1e-4)
     info = json.loads((dest / "export.json").read_text())
-    assert (info["sampler"], info["num_inference_steps"]) == (("euler", 4) if name == "flow" else ("ddim", 4))
+    assert (info["sampler"], info["num_inference_steps"]) == (("ddim", 4) if name == "ddim" else ("euler", 4))
 
 
 def test_the_export_folder_holds_the_graph_and_copies_of_the_checkpoint_files(exported):
