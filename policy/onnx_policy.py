@@ -1,7 +1,7 @@
 """An exported policy (``python -m policy.export``) served by onnxruntime behind ``ChunkPolicy``, without torch.
 
 Importing this module, and everything ``OnnxPolicy`` needs (config, normalizer, window checks: numpy), never
-imports torch: a robot computer runs it with ``pip install "visuomotor-dp[deploy]"``'s onnxruntime alone.
+imports torch: a robot computer runs it with onnxruntime and numpy (README: "Deploying without torch").
 The graph unrolls the sampler for the steps it was exported with (``export.json``); the initial noise is an
 input, so ``predict_chunk(window, seed=s)`` is repeatable, and ``noise=`` gives the exact chunk torch computes
 from the same noise. It cannot continue a committed prefix (``controller.execution=rtc`` or ``bid``).
@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from policy import keys
+from policy.config import Config
+from policy.config_utils import from_dict
+from policy.normalizer import Normalizer
 from policy.protocol import PolicySpec
 from policy.window import check_normalizer, check_window, model_inputs, obs_keys
 
@@ -50,11 +54,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_exported(path: str | Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """-> (the ``policy.config.Config``, meta.json, export.json) of an exported folder; ``ExportError`` naming a
     missing or unreadable file."""
-    import yaml
-
-    from policy.config import Config
-    from policy.config_utils import from_dict
-
     p = Path(path)
     if not p.is_dir():
         raise ExportError(f"exported policy {p} is not a folder")
@@ -112,8 +111,6 @@ class OnnxPolicy:
         except ImportError as e:
             raise ImportError("serving an exported policy needs onnxruntime: pip install "
                               "\"visuomotor-dp[deploy]\" (or pip install onnxruntime)") from e
-        from policy.normalizer import Normalizer
-
         self.path = Path(path)
         full, meta, info = load_exported(self.path)
         self.cfg = full.policy
