@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as e:  # the torch-free install (deploy extra) serves exported policies only
+    raise ImportError('exporting a checkpoint (python -m policy.export) needs torch: '
+                      'pip install "visuomotor-dp[train]"') from e
 from torch import nn
 
 from policy import keys as keys_

@@ -12,6 +12,20 @@ from policy.onnx_policy import is_exported
 from policy.protocol import ChunkPolicy, PolicySpec
 
 
+def require_torch(what: str) -> None:
+    """Raise ImportError naming the extra when torch is not installed (the torch-free ``deploy`` install)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except ImportError:  # an import hook that refuses it
+        found = False
+    if not found:
+        raise ImportError(f"{what} needs torch, which is not installed (the torch-free install serves only "
+                          f"exported policies: python -m policy.export). Install it with: "
+                          f"pip install \"visuomotor-dp[train]\"")
+
+
 def load_policy(path: str | Path, device: str = "cpu", num_threads: int = 0, num_inference_steps: int | None = None,
                 sampler: str | None = None) -> ChunkPolicy:
     """The policy in ``path``; ``num_threads``: torch's (or onnxruntime's) CPU threads, 0 leaves the default."""
@@ -19,6 +33,7 @@ def load_policy(path: str | Path, device: str = "cpu", num_threads: int = 0, num
         from policy.onnx_policy import OnnxPolicy
 
         return OnnxPolicy(path, device, num_threads, num_inference_steps, sampler)
+    require_torch(f"the torch checkpoint {path} (no policy.onnx there)")
     import torch
 
     from policy.policy import Policy

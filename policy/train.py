@@ -39,7 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as e:  # the torch-free install (deploy extra) serves exported policies only
+    raise ImportError('training (python -m policy.train) needs torch: '
+                      'pip install "visuomotor-dp[train]"') from e
 
 from policy import distributed, keys
 from policy.atomic import existing, recover, swap_in

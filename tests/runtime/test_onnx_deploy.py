@@ -141,3 +141,20 @@ def test_the_inference_process_reports_why_an_exported_policy_takes_no_prefix(ex
         assert worker.spec.obs_keys == ("scene_rgb", "wrist_rgb", "ee_pose", "gripper", "action_history")
     finally:
         worker.close()
+
+
+def test_without_torch_a_torch_checkpoint_and_training_name_the_extra(exported, tmp_path):
+    """The torch-free install serves exported policies only; a torch checkpoint or training says what to install."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NO_TORCH)
+    env = {"PYTHONPATH": f"{hook}:{ROOT}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    ckpt = exported.parent / "train"  # the training run the export came from
+    load = ("from policy.loader import load_policy\n"
+            f"try:\n    load_policy({str(ckpt)!r})\nexcept ImportError as e:\n    print('ERR', e)\n")
+    r = subprocess.run([sys.executable, "-c", load], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ERR" in r.stdout, r.stderr[-2000:]
+    assert "needs torch" in r.stdout and 'visuomotor-dp[train]' in r.stdout and "policy.export" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "policy.train", "train.dataset=x.zarr"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and 'needs torch: pip install "visuomotor-dp[train]"' in r.stderr, r.stderr[-2000:]
