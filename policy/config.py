@@ -22,6 +22,7 @@ FLOW_TIME_SAMPLING = ("uniform", "beta", "logit_normal", "u_shaped")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOGGERS = ("tensorboard", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
+DATA_MODES = ("memory", "stream", "auto")  # train.data (policy.data.stream)
 DEFAULT_STEPS = 3000  # train.steps when neither it nor train.max_minutes is set
 
 
@@ -211,6 +212,12 @@ class TrainConfig:
     wandb_project: str = "visuomotor-dp"
     wandb_entity: str = ""  # "" : the default entity of the W&B login
     wandb_mode: str = "offline"  # offline (<out_dir>/wandb, upload later with `wandb sync`) | online | disabled
+    data: str = "auto"  # memory (load every array) | stream (images read from disk, policy.data.stream) | auto:
+    # memory when the arrays fit in data_memory_share of the memory available, stream otherwise
+    data_memory_share: float = 0.5  # auto: the share of the available memory the loaded arrays may take
+    stream_block: int = 64  # stream: frames read at once (rounded up to whole storage chunks)
+    stream_pool: int = 32  # stream: blocks whose windows are shuffled together (the cache holds a pool)
+    stream_prefetch: int = 4  # stream: batches built ahead by the loader thread
 
     def __post_init__(self) -> None:
         need(self.steps is None or self.steps >= 1, f"train.steps must be >= 1 (or null), got {self.steps}")
@@ -236,6 +243,11 @@ class TrainConfig:
         need(not unknown and len(set(self.loggers)) == len(self.loggers),
               f"train.loggers must be distinct names out of {LOGGERS}, got {list(self.loggers)}")
         need(self.wandb_mode in WANDB_MODES, f"train.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
+        need(self.data in DATA_MODES, f"train.data must be one of {DATA_MODES}, got {self.data!r}")
+        need(0.0 < self.data_memory_share <= 1.0,
+             f"train.data_memory_share must be in (0, 1], got {self.data_memory_share}")
+        for name in ("stream_block", "stream_pool", "stream_prefetch"):
+            need(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def max_steps(self) -> int | None:

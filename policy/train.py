@@ -58,6 +58,7 @@ from policy.checkpoint import (
 )
 from policy.config import Config
 from policy.data import WindowSampler, open_dataset, split_episodes
+from policy.data.stream import open_training_data
 from policy.distributed import DistInfo
 from policy.hardware import native_cpu_bf16
 from policy.logger import RunLogger
@@ -117,16 +118,18 @@ class Trainer:
         if rb.n_episodes < 1:
             raise ValueError(f"dataset {t.dataset} has no committed episodes")
         self.obs_keys = [k for k in obs_keys(p) if k != keys.ACTION_HISTORY]
-        self.arrays = rb.load([*self.obs_keys, keys.ACTION])
         train_ids, val_ids = split_episodes(rb.n_episodes, t.val_fraction, t.seed)
         hist = p.n_obs_steps if p.use_action_history else 0
         space = p.action_space_spec()  # the history pad at episode starts, shared with the runtime
         mk = lambda ids: WindowSampler(rb.episode_ends, ids, p.n_obs_steps, p.chunk_len, hist, space)  # noqa: E731
         self.train_sampler = mk(train_ids)
         self.val_sampler = mk(val_ids) if len(val_ids) else None
+        # train.data: every array in memory, or the images streamed from the store (policy.data.stream)
+        self.stream, self.arrays, shapes = open_training_data(rb, cfg, self.obs_keys, self.train_sampler,
+                                                              self.dist, self.device)
         steps = self.train_sampler.step_indices()
         self.normalizer = Normalizer.fit({k: self.arrays[k][steps] for k in [*p.lowdim_dims, keys.ACTION]})
-        self.meta = {"dataset": dataset_fingerprint(rb, self.arrays),
+        self.meta = {"dataset": dataset_fingerprint(rb, shapes),
                      "train_episodes": train_ids.tolist(), "val_episodes": val_ids.tolist(),
                      "obs_keys": list(obs_keys(p)), "n_obs_steps": p.n_obs_steps, "chunk_len": p.chunk_len,
                      "action_dim": p.action_dim, "control_hz": dataset_control_hz(rb)}
@@ -197,8 +200,20 @@ class Trainer:
         return save_checkpoint(self.ckpt_dir, self.cfg, self.ema, self.normalizer, meta, self._train_state())
 
     def _batch(self, sampler: WindowSampler, ids: np.ndarray) -> dict[str, torch.Tensor]:
-        raw = sampler.gather(self.arrays, ids, self.obs_keys)  # each (B, To, ...), action (B, Tp, A)
+        if self.stream is not None:  # images read from the store
+            raw = self.stream.gather(sampler, ids)
+        else:
+            raw = sampler.gather(self.arrays, ids, self.obs_keys)  # each (B, To, ...), action (B, Tp, A)
         return to_model_inputs(raw, self.cfg.policy, self.normalizer, self.device)
+
+    def _train_batch(self, k: int, m: int) -> dict[str, torch.Tensor]:
+        """Shard ``k`` (micro-batch ``m`` of this process) of this step's global batch, as model inputs."""
+        t = self.cfg.train
+        if self.stream is not None:  # built ahead by the loader thread, in the block-shuffled order
+            raw = self.stream.train_batch(self.step, m)
+            return to_model_inputs(raw, self.cfg.policy, self.normalizer, self.device)
+        ids = batch_ids(self.step, len(self.train_sampler), t.batch_size, t.seed)  # (batch_size,) global batch
+        return self._batch(self.train_sampler, ids[k::self.n_shards])  # (batch_size / n_shards, ...)
 
     def _autocast(self):
         if self.amp:
@@ -208,7 +223,6 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         """One optimizer step; -> this process's mean loss over its shards (a 0-dim tensor)."""
         t = self.cfg.train
-        ids = batch_ids(self.step, len(self.train_sampler), t.batch_size, t.seed)  # (batch_size,) global batch
         for group in self.optim.param_groups:
             group["lr"] = lr_at(self.step, self.cfg, self.train_seconds)
         self.model.train()
@@ -216,7 +230,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for m in range(t.grad_accum):
             k = self.dist.rank * t.grad_accum + m  # shard index in the global batch
-            batch = self._batch(self.train_sampler, ids[k::self.n_shards])  # (batch_size / n_shards, ...)
+            batch = self._train_batch(k, m)  # (batch_size / n_shards, ...)
             gen = torch.Generator(device=self.device).manual_seed(shard_seed(t.seed, self.step, k))
             # DDP averages the gradients over ranks in the backward of the last micro-batch only
             with distributed.no_sync(self.loss_fn, skip=m < t.grad_accum - 1):
@@ -350,6 +364,8 @@ class Trainer:
                     break
         finally:
             bar.close()
+            if self.stream is not None:
+                self.stream.close()
             if self.logger is not None:
                 self.logger.close()
         return self.ckpt_dir

@@ -9,6 +9,7 @@ Usage (hydra; every key maps onto ``ConvertConfig``, unknown keys fail)::
     python -m policy.data.convert convert=pusht     src=pusht_cchi_v7_replay.zarr   out=pusht.zarr
     python -m policy.data.convert src=demos.zarr out=demos_lerobot out_format=lerobot lerobot.fps=10
     python -m policy.data.convert src=other.zarr out=mine.zarr '++map.keys={img: scene_rgb, action: action}'
+    python -m policy.data.convert src=demos.zarr out=demos_stream.zarr image_chunk=64 image_shard=1024
 
 ``src_format`` (auto: detected from ``src``): ``lerobot`` (a LeRobotDataset v3 folder: meta/info.json),
 ``robomimic`` (an HDF5 file), ``zarr`` (a replay buffer: ours, or the reference diffusion-policy zarr v2
@@ -25,6 +26,10 @@ import leaves nothing behind; an existing ``out`` is refused unless ``overwrite=
 raises ``DatasetError`` naming the file and the key. A zarr source can also be used for training
 without a copy: ``train.dataset_map`` (e.g. ``+convert@train.dataset_map=pusht``) reads it through
 ``policy.data.reference_zarr.open_dataset(path, KeyMap(...))``.
+
+``image_chunk`` / ``image_shard`` set how the output's image arrays are chunked in time; chunks of 64 frames
+in shards of 1024 suit training by streaming (``train.data=stream``, ``policy.data.stream``). One of our
+datasets without a key map is copied array by array, a shard at a time (a rechunk: memory holds one shard).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 
 from policy.data.interop import KeyMap, atomic_output
 from policy.data.lerobot import LeRobotConfig
-from policy.data.replay_buffer import DatasetError, ReplayBuffer
+from policy.data.replay_buffer import DatasetError, ImageLayout, ReplayBuffer
 
 SRC_FORMATS = ("auto", "lerobot", "robomimic", "zarr")
 OUT_FORMATS = ("zarr", "lerobot")
@@ -59,6 +64,8 @@ class ConvertConfig:
     src_format: str = "auto"  # auto | lerobot | robomimic | zarr
     out_format: str = "zarr"  # zarr (our replay buffer) | lerobot (LeRobot v3 folder; from a zarr source)
     overwrite: bool = False  # replace an existing out (only once the new one is complete)
+    image_chunk: int = 1  # zarr out: frames per image chunk (64 for training by streaming)
+    image_shard: int = 0  # zarr out: frames per zarr v3 shard file (0: none, a file per chunk; 1024 for streaming)
     progress: bool = True  # tqdm progress bar
     map: KeyMap = field(default_factory=KeyMap)
     lerobot: LeRobotConfig = field(default_factory=LeRobotConfig)
@@ -75,6 +82,9 @@ class ConvertConfig:
             raise ValueError(f"out_format must be one of {OUT_FORMATS}, got {self.out_format!r}")
         if self.out_format == "lerobot" and self.src_format not in ("auto", "zarr"):
             raise ValueError(f"out_format=lerobot exports a zarr replay buffer, not src_format={self.src_format}")
+        if self.image_chunk < 1 or self.image_shard < 0 or (self.image_shard and self.image_shard % self.image_chunk):
+            raise ValueError(f"image_chunk must be >= 1 and image_shard must be 0 or a multiple of image_chunk, got "
+                             f"image_chunk={self.image_chunk}, image_shard={self.image_shard}")
         if Path(self.src).expanduser().resolve() == Path(self.out).expanduser().resolve():
             raise ValueError(f"out must differ from src ({self.src})")
 
@@ -96,6 +106,21 @@ def detect_format(src: Path) -> str:
     raise DatasetError(f"src={src}: {what} (set src_format to force one)")
 
 
+def _read_episodes(src: Path, fmt: str, cfg: ConvertConfig) -> tuple[int, Any]:
+    """(number of episodes, iterator over the mapped episodes) of a source dataset."""
+    if fmt == "lerobot":
+        from policy.data.lerobot import read_lerobot
+
+        return read_lerobot(src, cfg.map, cfg.lerobot)
+    if fmt == "robomimic":
+        from policy.data.robomimic import read_robomimic
+
+        return read_robomimic(src, cfg.map, cfg.robomimic.filter_key)
+    from policy.data.reference_zarr import read_zarr
+
+    return read_zarr(src, cfg.map)
+
+
 def convert(cfg: ConvertConfig) -> dict[str, Any]:
     """Run one conversion; returns a summary (episodes, frames, seconds, frames per second, out)."""
     from tqdm import tqdm
@@ -112,26 +137,22 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
 
             summary = write_lerobot(open_dataset(src, cfg.map), tmp, cfg.lerobot, cfg.progress)
         else:
-            if fmt == "lerobot":
-                from policy.data.lerobot import read_lerobot
-
-                n, episodes = read_lerobot(src, cfg.map, cfg.lerobot)
-            elif fmt == "robomimic":
-                from policy.data.robomimic import read_robomimic
-
-                n, episodes = read_robomimic(src, cfg.map, cfg.robomimic.filter_key)
+            rb = ReplayBuffer.create(tmp, ImageLayout(cfg.image_chunk, cfg.image_shard))
+            if fmt == "zarr" and cfg.map.identity:  # a copy (a rechunk): array by array, a shard at a time
+                src_rb = ReplayBuffer.open(src)
+                if src_rb.n_episodes == 0:
+                    raise DatasetError(f"src={src}: no episodes to import")
+                rb.copy_from(src_rb)
             else:
-                from policy.data.reference_zarr import read_zarr
-
-                n, episodes = read_zarr(src, cfg.map)
-            if n == 0:
-                raise DatasetError(f"src={src}: no episodes to import")
-            rb = ReplayBuffer.create(tmp)
-            for i, ep in enumerate(tqdm(episodes, total=n, desc=f"import {fmt}", unit="ep", disable=not cfg.progress)):
-                try:
-                    rb.add_episode(ep)
-                except DatasetError as e:
-                    raise DatasetError(f"src={src}: episode {i} does not fit: {e}") from e
+                n, episodes = _read_episodes(src, fmt, cfg)
+                if n == 0:
+                    raise DatasetError(f"src={src}: no episodes to import")
+                for i, ep in enumerate(tqdm(episodes, total=n, desc=f"import {fmt}", unit="ep",
+                                            disable=not cfg.progress)):
+                    try:
+                        rb.add_episode(ep)
+                    except DatasetError as e:
+                        raise DatasetError(f"src={src}: episode {i} does not fit: {e}") from e
             summary = {"episodes": rb.n_episodes, "frames": rb.n_steps, "keys": rb.keys}
     seconds = time.perf_counter() - t0
     return {"src": str(src), "src_format": fmt, "out": cfg.out, "out_format": cfg.out_format, **summary,

@@ -19,15 +19,21 @@ written by the reference diffusion-policy code. Rename or slice their keys with
 Storage: images ((T, H, W, 3) uint8) one frame per chunk, Blosc zstd with bit shuffle (about 10x on
 clean rendered frames, ~2 ms per 96x96 frame); ``timestamp`` float64; other floats float32;
 integer and bool arrays keep their dtype; low-dim arrays in chunks of ``LOWDIM_CHUNK`` steps.
+``ReplayBuffer.create(path, ImageLayout(chunk=64, shard=1024))`` stores images for streaming instead
+(``policy.data.stream``): chunks of 64 frames inside zarr v3 shards of 1024 frames, so a 100k-frame
+camera array is ~100 files and a training block of 64 frames is one chunk to decode
+(``python -m policy.data.convert src=old.zarr out=new.zarr layout=stream`` rewrites a dataset so).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import re
 import zipfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import zarr
@@ -37,6 +43,25 @@ from zarr.storage import LocalStore, ZipStore
 from policy.keys import TIMESTAMP
 
 LOWDIM_CHUNK = 1024  # steps per chunk for non-image arrays
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How image arrays are chunked in time: ``chunk`` frames per chunk, inside zarr v3 shards of ``shard``
+    frames (0: no sharding, one file per chunk). The default, one frame per file, suits recording and
+    random access; ``STREAM_LAYOUT`` suits training by streaming (``policy.data.stream``)."""
+
+    chunk: int = 1
+    shard: int = 0
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise ValueError(f"image layout: chunk must be >= 1 frame, got {self.chunk}")
+        if self.shard < 0 or (self.shard and self.shard % self.chunk):
+            raise ValueError(f"image layout: shard must be 0 or a multiple of chunk ({self.chunk}), got {self.shard}")
+
+
+STREAM_LAYOUT = ImageLayout(chunk=64, shard=1024)
 
 
 def _codec(image: bool) -> BloscCodec:
@@ -103,7 +128,8 @@ def _committed_ends(ends: np.ndarray, max_len: int) -> np.ndarray:
 class ReplayBuffer:
     """Episodes of time-major arrays in a zarr group; see the module docstring for the layout."""
 
-    def __init__(self, path: pathlib.Path, root: zarr.Group, read_only: bool, foreign: bool = False) -> None:
+    def __init__(self, path: pathlib.Path, root: zarr.Group, read_only: bool, foreign: bool = False,
+                 layout: ImageLayout | None = None) -> None:
         """Use ``ReplayBuffer.create`` or ``ReplayBuffer.open`` instead.
 
         ``foreign``: a v2 or zip store written elsewhere; its arrays are found from the file listing (so
@@ -112,6 +138,7 @@ class ReplayBuffer:
         """
         self.path = path
         self.read_only = read_only
+        self.layout = layout or ImageLayout()  # of image arrays created by add_episode
         self._root = root  # keeps a zip store open
         self._data: zarr.Group = root["data"]  # type: ignore[assignment]
         self._ends_arr: zarr.Array = root["meta/episode_ends"]  # type: ignore[assignment]
@@ -144,8 +171,10 @@ class ReplayBuffer:
     # ----------------------------------------------------------------- construction
 
     @classmethod
-    def create(cls, path: str | os.PathLike) -> ReplayBuffer:
-        """Create a new empty dataset at ``path`` (must not exist, or be an empty directory)."""
+    def create(cls, path: str | os.PathLike, layout: ImageLayout | None = None) -> ReplayBuffer:
+        """Create a new empty dataset at ``path`` (must not exist, or be an empty directory).
+
+        ``layout``: the time chunking of its image arrays (default: one frame per chunk, no shards)."""
         path = pathlib.Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise DatasetError(f"dataset {path}: cannot create, path exists and is not an empty directory")
@@ -153,7 +182,7 @@ class ReplayBuffer:
         root.create_group("data")
         meta = root.create_group("meta")
         meta.create_array("episode_ends", shape=(0,), dtype="int64", chunks=(LOWDIM_CHUNK,), fill_value=0)
-        return cls(path, root, read_only=False)
+        return cls(path, root, read_only=False, layout=layout)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> ReplayBuffer:
@@ -255,6 +284,10 @@ class ReplayBuffer:
                 raise DatasetError(f"dataset {self.path}: no key '{k}'; found keys: {self.keys}")
         return keys
 
+    def array(self, key: str) -> zarr.Array:
+        """The zarr array of ``key`` itself (read lazily; it may run past ``n_steps`` after a crash)."""
+        return self._arrays[self._check_keys([key])[0]]
+
     def get_episode(self, i: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays of episode ``i``: {key: (T, *frame_shape)}."""
         sl = self.episode_slice(i)
@@ -336,6 +369,14 @@ class ReplayBuffer:
             self._arrays.clear()
         # uncommitted data past n_steps is dropped when add_episode resizes each array to n_steps + T
 
+    def _create_array(self, k: str, a: np.ndarray) -> None:
+        """An empty array for key ``k`` of ``a``'s frame shape and dtype; images in ``self.layout``."""
+        image = _is_image(a)
+        chunks = (self.layout.chunk if image else LOWDIM_CHUNK, *a.shape[1:])
+        shards = (self.layout.shard, *a.shape[1:]) if image and self.layout.shard else None
+        self._arrays[k] = self._data.create_array(k, shape=(0, *a.shape[1:]), dtype=a.dtype, chunks=chunks,
+                                                  shards=shards, fill_value=0, compressors=_codec(image))
+
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> int:
         """Append and commit one episode {key: (T, *frame_shape)}; returns its episode index."""
         if self.read_only:
@@ -345,12 +386,7 @@ class ReplayBuffer:
         n = self.n_steps
         for k, a in arrays.items():  # 1) data
             if k not in self._arrays:
-                image = _is_image(a)
-                chunks = (1, *a.shape[1:]) if image else (LOWDIM_CHUNK, *a.shape[1:])
-                self._arrays[k] = self._data.create_array(
-                    k, shape=(0, *a.shape[1:]), dtype=a.dtype, chunks=chunks, fill_value=0,
-                    compressors=_codec(image),
-                )
+                self._create_array(k, a)
             arr = self._arrays[k]
             arr.resize((n + T, *a.shape[1:]))  # also drops uncommitted data left by a crash
             arr[n:n + T] = a
@@ -359,6 +395,29 @@ class ReplayBuffer:
         self._ends_arr[i] = n + T
         self._ends = np.append(self._ends, np.int64(n + T))
         return i
+
+    def copy_from(self, src: ReplayBuffer, frames: int = 0) -> None:
+        """Copy every committed episode of ``src`` into this empty dataset, its images in this one's layout.
+
+        The arrays are copied ``frames`` steps at a time (default: a shard, or 1024 steps), so memory holds
+        one slice of each key; the episodes are committed together at the end.
+        """
+        if self.read_only or self.n_episodes:
+            raise DatasetError(f"dataset {self.path}: copy_from needs an empty dataset opened for writing")
+        step = frames or max(self.layout.shard, math.ceil(1024 / self.layout.chunk) * self.layout.chunk)
+        n = src.n_steps
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            arrays, _ = self._prepare({k: src.array(k)[lo:hi] for k in src.keys})
+            for k, a in arrays.items():
+                if k not in self._arrays:
+                    self._create_array(k, a)
+                self._arrays[k].resize((hi, *a.shape[1:]))
+                self._arrays[k][lo:hi] = a
+        ends = src.episode_ends
+        self._ends_arr.resize((len(ends),))
+        self._ends_arr[:] = ends
+        self._ends = ends
 
     def __repr__(self) -> str:
         return f"ReplayBuffer({str(self.path)!r}, n_episodes={self.n_episodes}, n_steps={self.n_steps})"
