@@ -229,7 +229,8 @@ def _rank(rank: int, port: int, cfg: Config, out: str) -> None:
         real_get = trainer.stream.cache._get
 
         def record_get(b):
-            read.add(int(b))
+            if b not in trainer.stream.cache._blocks:  # read from the store (not a cache hit)
+                read.add(int(b))
             return real_get(b)
 
         trainer.stream.cache._get = record_get
@@ -256,7 +257,7 @@ def test_two_gloo_processes_stream_disjoint_shards_of_each_global_batch(tmp_path
         own = [ranks[r]["built"][step] for r in range(WORLD)]
         assert own[0] == ids[0::2].tolist() and own[1] == ids[1::2].tolist()
         assert not set(own[0]) & set(own[1])  # disjoint, and together the global batch
-    for r in range(WORLD):  # each rank read only the blocks holding its own shards' frames
+    for r in range(WORLD):  # each rank read from the store just the blocks holding its own shards' frames
         mine = np.concatenate([obs_times(np.array(b))["obs"].reshape(-1) for b in ranks[r]["built"]])
         assert ranks[r]["blocks"] == sorted(set((mine // block).tolist()))
     a, b = _weights(ref), _weights(tmp_path / "ddp" / "checkpoints" / "latest")
