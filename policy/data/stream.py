@@ -31,6 +31,7 @@ import math
 import queue
 import resource
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -245,6 +246,7 @@ class StreamedData:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._next: tuple[int, int] | None = None  # (step, micro-batch) the queue holds next
+        self.wait_seconds = 0.0  # time the training thread waited for a batch (the loader fell behind)
 
     def block_bytes(self) -> int:
         """Bytes of one cached block (all image keys)."""
@@ -299,7 +301,9 @@ class StreamedData:
             if m:
                 for skip in range(m):
                     self.train_batch(step, skip)
+        t0 = time.perf_counter()
         got_step, got_m, item = self._queue.get()  # type: ignore[union-attr]
+        self.wait_seconds += time.perf_counter() - t0
         if got_step is None:
             raise item
         self._next = (step, m + 1) if m + 1 < len(self.shards) else (step + 1, 0)
