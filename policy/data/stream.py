@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import resource
 import threading
@@ -200,16 +201,17 @@ class BlockCache:
             self._blocks.popitem(last=False)
         return got
 
-    def frames(self, key: str, idx: np.ndarray) -> np.ndarray:
-        """Frames of ``key`` at global times ``idx`` (any shape) -> (*idx.shape, H, W, 3)."""
-        arr = self.arrays[key]
+    def frames(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Frames at global times ``idx`` (any shape) -> {key: (*idx.shape, H, W, 3)}; each block fetched once."""
         flat = idx.reshape(-1)
-        out = np.empty((len(flat), *arr.shape[1:]), arr.dtype)
+        out = {k: np.empty((len(flat), *a.shape[1:]), a.dtype) for k, a in self.arrays.items()}
         blocks = flat // self.block
         for b in np.unique(blocks):
             sel = blocks == b
-            out[sel] = self._get(int(b))[key][flat[sel] - b * self.block]
-        return out.reshape(*idx.shape, *arr.shape[1:])
+            got = self._get(int(b))
+            for k in self.keys:
+                out[k][sel] = got[k][flat[sel] - b * self.block]
+        return {k: v.reshape(*idx.shape, *v.shape[1:]) for k, v in out.items()}
 
 
 def read_block_frames(rb: ReplayBuffer, keys: Sequence[str], requested: int) -> int:
@@ -256,8 +258,7 @@ class StreamedData:
         """What ``sampler.gather(loaded arrays, ids, obs keys)`` gives: {k: (B, To, ...), action: (B, Tp, A)}."""
         raw = sampler.gather(self.lowdim, ids, self.lowdim_keys)
         obs_idx = sampler.indices(ids)["obs"]  # (B, To) global times of the observation frames
-        for k in self.image_keys:
-            raw[k] = (cache or self._val_cache).frames(k, obs_idx)  # (B, To, H, W, 3)
+        raw.update((cache or self._val_cache).frames(obs_idx))  # each (B, To, H, W, 3)
         return raw
 
     def _pinned(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -333,7 +334,19 @@ def open_training_data(rb: Any, cfg: Any, obs_keys: Sequence[str], train_sampler
     can, why_not = stream_check(rb)
     if can and not image_keys:
         can, why_not = False, "the policy sees no images, so there is nothing to stream"
-    mode, reason = choose_data_mode(t.data, dataset_bytes(rb, all_keys), t.data_memory_share, can, why_not)
+    # processes on one node each load their own copy: auto weighs what they load together
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.enabled else 1
+    mode, reason = choose_data_mode(t.data, local * dataset_bytes(rb, all_keys), t.data_memory_share, can, why_not)
+    if local > 1:
+        reason += f", for {local} processes on this node"
+    if dist.enabled and t.data == "auto":  # every rank must sample alike: stream when any rank would
+        import torch
+        import torch.distributed
+
+        flag = torch.tensor([int(mode == "stream")], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and mode == "memory":
+            mode, reason = "stream", reason + "; another rank streams, so this one does too"
     if dist.is_main:
         log.info("data: %s (%s)", mode, reason)
     if mode == "memory":
@@ -341,6 +354,10 @@ def open_training_data(rb: Any, cfg: Any, obs_keys: Sequence[str], train_sampler
         return None, arrays, arrays
     lowdim = rb.load([*lowdim_keys, "action"])  # small: the images stay on disk
     block = read_block_frames(rb, image_keys, t.stream_block)
+    if block > 4 * t.stream_block and dist.is_main:
+        log.warning("data: the store's image chunks make blocks of %d frames (train.stream_block=%d); rewrite it "
+                    "with `python -m policy.data.convert src=%s out=<new> image_chunk=64 image_shard=1024`",
+                    block, t.stream_block, rb.path)
     order = BlockOrder(train_sampler, block, t.stream_pool, t.batch_size, t.seed)
     n_shards = dist.world_size * t.grad_accum
     shards = [dist.rank * t.grad_accum + m for m in range(t.grad_accum)]

@@ -83,6 +83,21 @@ def test_streamed_batches_equal_the_batches_of_loaded_arrays_for_the_same_ids(tm
     assert data.cache.frames_read < 3 * rb.n_steps  # blocks were read once per pool, not once per frame
 
 
+def test_an_epoch_reads_each_block_once(tmp_path):
+    rb = ReplayBuffer.open(_dataset(tmp_path, n_episodes=6, length=37))
+    for n_obs, most in ((1, 1.0), (2, 2.0)):  # 2 frames: a window's first frame may lie in the block before
+        sampler = WindowSampler(rb.episode_ends, [0, 1, 3, 4, 5], n_obs_steps=n_obs, chunk_len=4)
+        order = BlockOrder(sampler, block=8, pool=3, batch_size=8, seed=1)
+        data = _streamed(rb, sampler, order)
+        used = []
+        for step in range(len(sampler) // 8):  # one epoch (the incomplete last batch dropped)
+            used.append(order.batch_ids(step))
+            data.gather(sampler, used[-1], data.cache)
+        blocks = np.unique(sampler.step_indices()[np.concatenate(used)] // 8)
+        frames = sum(min(8, rb.n_steps - 8 * b) for b in blocks)  # the frames of the blocks holding the windows
+        assert frames <= data.cache.frames_read <= most * frames + 8, n_obs
+
+
 def test_block_order_uses_every_window_once_an_epoch_at_a_uniform_place():
     ends = np.cumsum(np.full(40, 50))  # 40 episodes of 50 steps: 2000 windows, blocks of 64 frames
     sampler = WindowSampler(ends, np.arange(40), n_obs_steps=1, chunk_len=8)
