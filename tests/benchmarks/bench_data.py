@@ -9,13 +9,16 @@ renders. Each measurement is a child process that builds a ``Trainer`` of the de
 ``--threads`` torch threads), runs a few warm-up steps, then times ``--steps`` training steps (no validation):
 
 - samples/s of ``train.data=memory`` and ``train.data=stream`` on the ``--gb`` dataset, interleaved
-  (memory, stream, memory, stream) and the better of the two taken for each, with 1 and ``--threads`` threads;
+  ``--reps`` times (memory, stream, memory, stream, ...) and the median run of each mode taken, with 1 and
+  ``--threads`` threads (1 and 2 by default; pass ``--threads 1`` when the cores are busy with other work);
 - ``train.data=auto`` on the ``--big-gb`` dataset with the process's data size capped (``RLIMIT_DATA``) at what
   it holds after its imports plus ``--headroom-mb``, less than half the dataset: auto must stream; and the same
   cap with ``train.data=memory``, which must fail.
 
-Each child reports its peak RSS (VmHWM), its CPU time over the wall time (how busy the cores stay) and the time
-the training thread waited for the loader. Figures go to tests/benchmarks/results/data.json.
+Each child reports its peak RSS (VmHWM), its CPU time over the wall time (how busy the cores stay), the time
+the training thread waited for the loader, and the CPU time per step of the training thread and of the other
+threads (the loader and zarr's decoding): these two do not depend on what else runs on the machine.
+Figures go to tests/benchmarks/results/data.json.
 """
 
 from __future__ import annotations
@@ -88,13 +91,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     stream = tr.stream
     if stream is not None:
         stream.wait_seconds = 0.0
-    c0, t0 = time.process_time(), time.perf_counter()
+    c0, m0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
     for _ in range(spec["steps"]):
         tr.train_step()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu, main_cpu = time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - m0
     n = spec["steps"]
     out = {"ok": True, "mode": "stream" if stream is not None else "memory", "init_s": init_s,
            "samples_per_s": n * 64 / wall, "step_ms": 1e3 * wall / n, "cpu_busy_pct": 100 * cpu / wall / os.cpu_count(),
+           # CPU per step of the training thread (batch assembly in memory mode included), and of the other
+           # threads (with 1 torch thread: the stream loader, zarr's decoding): load-independent costs
+           "main_cpu_ms_per_step": 1e3 * main_cpu / n, "other_cpu_ms_per_step": 1e3 * (cpu - main_cpu) / n,
            "peak_rss_mb": _status_mb("VmHWM"), "limit_mb": resource.getrlimit(resource.RLIMIT_DATA)[0] / 2**20
            if spec["headroom_mb"] else 0.0}
     if stream is not None:
@@ -133,7 +139,8 @@ def main() -> None:
         p.add_argument("--big-gb", type=float, default=4.0, help="GiB of images of the capped dataset")
         p.add_argument("--headroom-mb", type=float, default=700.0,
                        help="the cap: data size after imports + this (MiB)")
-        p.add_argument("--steps", type=int, default=30, help="timed training steps per child (default 30)")
+        p.add_argument("--steps", type=int, default=64, help="timed training steps per child (default 64)")
+        p.add_argument("--reps", type=int, default=3, help="interleaved runs of each mode (default 3; the median)")
         p.add_argument("--tmp", default=None, help="folder for the datasets (default: the system temp folder)")
 
     args = parse_args(__file__, "samples/s and peak RSS of training from memory vs streaming", extra)
@@ -152,29 +159,35 @@ def main() -> None:
         rows = []
         for threads in sorted({1, args.threads}):
             runs: dict[str, list[dict[str, Any]]] = {"memory": [], "stream": []}
-            for _ in range(2):  # interleaved: the machine's load drifts
+            for _ in range(args.reps):  # interleaved: the machine's load drifts
                 for data in ("memory", "stream"):
                     runs[data].append(run_child({**spec, "data": data, "threads": threads}))
-            best = {d: max(r, key=lambda x: x["samples_per_s"]) for d, r in runs.items()}
+            # the median run by samples/s of each mode
+            best = {d: sorted(r, key=lambda x: x["samples_per_s"])[len(r) // 2] for d, r in runs.items()}
             m, s = best["memory"], best["stream"]
             pre = f"t{threads}_"
             for d, r in best.items():
                 results.update({f"{pre}{d}_samples_per_s": r["samples_per_s"], f"{pre}{d}_step_ms": r["step_ms"],
                                 f"{pre}{d}_peak_rss_mb": r["peak_rss_mb"], f"{pre}{d}_cpu_busy_pct": r["cpu_busy_pct"],
-                                f"{pre}{d}_init_s": r["init_s"]})
+                                f"{pre}{d}_init_s": r["init_s"],
+                                f"{pre}{d}_main_thread_cpu_ms_per_step": r["main_cpu_ms_per_step"],
+                                f"{pre}{d}_other_threads_cpu_ms_per_step": r["other_cpu_ms_per_step"]})
             results.update({f"{pre}stream_over_memory_pct": 100 * s["samples_per_s"] / m["samples_per_s"],
                             f"{pre}stream_wait_ms_per_step": s["wait_ms_per_step"],
-                            f"{pre}stream_frames_decoded_per_sample": s["frames_decoded_per_sample"]})
+                            f"{pre}stream_frames_decoded_per_sample": s["frames_decoded_per_sample"],
+                            f"{pre}reps": args.reps})
             for d, r in best.items():
                 rows.append((f"{threads} thread(s), {d}, {gb:g} GiB", r["samples_per_s"], r["step_ms"],
-                             r["peak_rss_mb"], r["cpu_busy_pct"], r.get("wait_ms_per_step", 0.0)))
+                             r["main_cpu_ms_per_step"], r["other_cpu_ms_per_step"], r["peak_rss_mb"],
+                             r["cpu_busy_pct"], r.get("wait_ms_per_step", 0.0)))
         capped = {**spec, "dataset": str(big.path), "headroom_mb": headroom, "threads": 1}
         loaded = run_child({**capped, "data": "memory"})
         cs = run_child({**capped, "data": "auto"})
         if not cs["ok"] or cs["mode"] != "stream":
             raise SystemExit(f"train.data=auto under the cap did not stream: {cs}")
         rows.append((f"1 thread, auto -> stream, {big_gb:g} GiB, capped at {cs['limit_mb']:.0f} MiB",
-                     cs["samples_per_s"], cs["step_ms"], cs["peak_rss_mb"], cs["cpu_busy_pct"], cs["wait_ms_per_step"]))
+                     cs["samples_per_s"], cs["step_ms"], cs["main_cpu_ms_per_step"], cs["other_cpu_ms_per_step"],
+                     cs["peak_rss_mb"], cs["cpu_busy_pct"], cs["wait_ms_per_step"]))
         results.update({"capped_limit_mb": cs["limit_mb"],
                         "capped_dataset_over_limit_x": big_gb * 1024 / cs["limit_mb"],
                         "capped_memory_mode_fails": not loaded["ok"],
@@ -182,6 +195,7 @@ def main() -> None:
                         "capped_stream_peak_rss_mb": cs["peak_rss_mb"],
                         "capped_stream_cpu_busy_pct": cs["cpu_busy_pct"],
                         "capped_stream_wait_ms_per_step": cs["wait_ms_per_step"],
+                        "capped_stream_other_threads_cpu_ms_per_step": cs["other_cpu_ms_per_step"],
                         "dataset_small_images_gb": gb, "dataset_small_disk_gb": disk[small.path],
                         "dataset_small_steps": small.n_steps, "dataset_big_images_gb": big_gb,
                         "dataset_big_disk_gb": disk[big.path], "dataset_big_steps": big.n_steps,
@@ -189,7 +203,8 @@ def main() -> None:
                         "image_shape": f"{IMAGE[0]}x{IMAGE[1]}", "stream_layout": "chunk 64, shard 1024, zstd",
                         "machine_shared": True})
     print_table("training from memory vs streaming (default CPU config, batch 64; the machine was shared)",
-                ["run", "samples/s", "ms/step", "peak RSS MiB", "CPU busy %", "waited ms/step"], rows)
+                ["run", "samples/s", "ms/step", "train thread CPU ms/step", "other threads CPU ms/step",
+                 "peak RSS MiB", "CPU busy %", "waited ms/step"], rows)
     verdict = "fails" if not loaded["ok"] else "did not fail"
     ratio = results["capped_dataset_over_limit_x"]
     print(f"capped run: data limited to {cs['limit_mb']:.0f} MiB (dataset {ratio:.1f}x that); "
