@@ -4,7 +4,9 @@ AdamW with linear warmup and cosine decay, EMA weights (used for validation, inf
 validation loss and the action MSE of sampled chunks every ``val_every`` steps, checkpoints every
 ``ckpt_every`` steps and at the end, exact resume from ``<out_dir>/checkpoints/latest``. Batches
 and noise are drawn from generators seeded by (seed, epoch) and (seed, step), so a resumed run
-continues the same sequence as an uninterrupted one. Logs go to ``<out_dir>/log.jsonl`` and, with
+continues the same sequence as an uninterrupted one. ``train.data=stream`` (``auto`` when the arrays do not fit
+in memory) keeps only the low-dim arrays in memory and reads the images from the store while training, in
+block-shuffled epochs (``policy.data.stream``). Logs go to ``<out_dir>/log.jsonl`` and, with
 ``train.loggers=[tensorboard,wandb]``, to TensorBoard and Weights & Biases (``policy.logger``).
 
 ``torchrun --nproc_per_node=N -m policy.train ...`` trains with DistributedDataParallel (``policy.distributed``):
