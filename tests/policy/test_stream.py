@@ -66,6 +66,7 @@ def test_streamed_batches_equal_the_batches_of_loaded_arrays_for_the_same_ids(tm
     order = BlockOrder(sampler, block, pool=2, batch_size=8, seed=3)
     data = _streamed(rb, sampler, order, shards=(1, 3), n_shards=4)  # this "process" holds shards 1 and 3
     loaded = rb.load([*obs, keys.ACTION])
+    before = sys.getswitchinterval()
     for step in range(12):  # several epochs (38 windows, 4 steps an epoch)
         ids = order.batch_ids(step)
         for m, k in enumerate((1, 3)):
@@ -74,7 +75,9 @@ def test_streamed_batches_equal_the_batches_of_loaded_arrays_for_the_same_ids(tm
             assert got.keys() == want.keys()
             for key in want:
                 np.testing.assert_array_equal(got[key], want[key], err_msg=f"step {step} shard {k} {key}")
+    assert sys.getswitchinterval() <= 0.0005  # the training thread gets the GIL back soon while the loader runs
     data.close()
+    assert sys.getswitchinterval() == before
     # validation batches (random ids), read directly
     ids = np.random.default_rng(0).permutation(len(sampler))[:16]
     got, want = data.gather(sampler, ids), sampler.gather(loaded, ids, obs)
