@@ -126,15 +126,18 @@ def child_memory(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         tr = _trainer(spec["dataset"], spec["data"], 1, spec["out_dir"])
         _timed(tr, 3)
+        if tr.stream is not None:
+            tr.stream.wait_seconds = 0.0
         wall, cpu, main_cpu = _timed(tr, spec["steps"])
     except MemoryError as e:
         return {"ok": False, "error": f"MemoryError: {e}"}
+    n = spec["steps"]
+    wait_ms = 1e3 * tr.stream.wait_seconds / n if tr.stream is not None else 0.0
     if tr.stream is not None:
         tr.stream.close()
-    n = spec["steps"]
     return {"ok": True, "mode": "stream" if tr.stream is not None else "memory", "peak_rss_mb": _status_mb("VmHWM"),
             "samples_per_s": n * BATCH / wall, "cpu_busy_pct": 100 * cpu / wall / (os.cpu_count() or 1),
-            "other_cpu_ms_per_step": max(0.0, 1e3 * (cpu - main_cpu) / n),
+            "other_cpu_ms_per_step": max(0.0, 1e3 * (cpu - main_cpu) / n), "wait_ms_per_step": wait_ms,
             "limit_mb": resource.getrlimit(resource.RLIMIT_DATA)[0] / 2**20 if spec["headroom_mb"] else 0.0}
 
 
@@ -203,22 +206,24 @@ def main() -> None:
             r = run_child("memory", {**spec, "dataset": str(small.path), "data": data,
                                      "out_dir": str(Path(tmp) / f"run_rss_{data}")})
             results.update({f"alone_{data}_peak_rss_mb": r["peak_rss_mb"], f"alone_{data}_cpu_busy_pct":
-                            r["cpu_busy_pct"]})
-            mem_rows.append((f"{data}, {gb:g} GiB", r["peak_rss_mb"], r["samples_per_s"], r["cpu_busy_pct"], "-"))
+                            r["cpu_busy_pct"], f"alone_{data}_samples_per_s": r["samples_per_s"]})
+            mem_rows.append((f"{data}, {gb:g} GiB", r["peak_rss_mb"], r["samples_per_s"], r["cpu_busy_pct"],
+                             r["wait_ms_per_step"], "-"))
         capped = {**spec, "dataset": str(big.path), "headroom_mb": headroom}
         loaded = run_child("memory", {**capped, "data": "memory", "out_dir": str(Path(tmp) / "run_cap_memory")})
         cs = run_child("memory", {**capped, "data": "auto", "out_dir": str(Path(tmp) / "run_cap_auto")})
         if not cs["ok"] or cs["mode"] != "stream":
             raise SystemExit(f"train.data=auto under the cap did not stream: {cs}")
         mem_rows.append((f"auto -> stream, {big_gb:g} GiB, data capped at {cs['limit_mb']:.0f} MiB",
-                         cs["peak_rss_mb"], cs["samples_per_s"], cs["cpu_busy_pct"], "fails" if not loaded["ok"]
-                         else "did not fail"))
+                         cs["peak_rss_mb"], cs["samples_per_s"], cs["cpu_busy_pct"], cs["wait_ms_per_step"],
+                         "fails" if not loaded["ok"] else "did not fail"))
         results.update({"capped_limit_mb": cs["limit_mb"],
                         "capped_dataset_over_limit_x": big_gb * 1024 / cs["limit_mb"],
                         "capped_memory_mode_fails": not loaded["ok"], "capped_stream_peak_rss_mb": cs["peak_rss_mb"],
                         "capped_stream_samples_per_s": cs["samples_per_s"],
                         "capped_stream_cpu_busy_pct": cs["cpu_busy_pct"],
                         "capped_stream_other_threads_cpu_ms_per_step": cs["other_cpu_ms_per_step"],
+                        "capped_stream_wait_ms_per_step": cs["wait_ms_per_step"],
                         "dataset_images_gb": gb, "dataset_disk_gb": disk[small.path], "dataset_steps": small.n_steps,
                         "dataset_big_images_gb": big_gb, "dataset_big_disk_gb": disk[big.path],
                         "dataset_big_steps": big.n_steps, "dataset_recorded_images_gb": rec_gb,
@@ -228,7 +233,7 @@ def main() -> None:
     print_table("samples/s, trainers in turns in one process (default CPU config, batch 64)",
                 ["run", "samples/s", "ms/step", "train thread CPU ms/step", "other threads CPU ms/step",
                  "waited ms/step"], rows)
-    print_table("a process that trains alone", ["run", "peak RSS MiB", "samples/s", "CPU busy %",
+    print_table("a process that trains alone", ["run", "peak RSS MiB", "samples/s", "CPU busy %", "waited ms/step",
                                                 "memory under the cap"], mem_rows)
     results.update(machine_info(args.threads, args.quick))
     finish(results, args.out)
