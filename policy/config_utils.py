@@ -7,9 +7,10 @@ recursively; lists become tuples where the field is annotated as a tuple.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -92,3 +93,18 @@ def need(ok: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``ok``: the one rule check behind every config's ``__post_init__``."""
     if not ok:
         raise ValueError(message)
+
+
+def load_plugin(spec: str, what: str) -> Callable[..., Any]:
+    """The callable named by ``"package.module:callable"``; ValueError naming ``what`` (the config key) and the spec
+    when it is malformed, cannot be imported or is not callable."""
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"{what} must look like 'package.module:callable', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{what} {spec!r} cannot be loaded: {e}") from e
+    if not callable(fn):
+        raise ValueError(f"{what} {spec!r} is not callable")
+    return fn

@@ -4,10 +4,9 @@ AdamW with linear warmup and cosine decay, EMA weights (used for validation, inf
 validation loss and the action MSE of sampled chunks every ``val_every`` steps, checkpoints every
 ``ckpt_every`` steps and at the end, exact resume from ``<out_dir>/checkpoints/latest``. Batches
 and noise are drawn from generators seeded by (seed, epoch) and (seed, step), so a resumed run
-continues the same sequence as an uninterrupted one. ``train.data=stream`` (``auto`` when the arrays do not fit
-in memory) keeps only the low-dim arrays in memory and reads the images from the store while training, in
-block-shuffled epochs (``policy.data.stream``). Logs go to ``<out_dir>/log.jsonl`` and, with
-``train.loggers=[tensorboard,wandb]``, to TensorBoard and Weights & Biases (``policy.logger``).
+continues the same sequence as an uninterrupted one. ``train.data=stream`` (``auto``: when the arrays do not fit)
+reads the images from the store while training (``policy.data.stream``). Logs: ``<out_dir>/log.jsonl``, and
+TensorBoard / Weights & Biases with ``train.loggers`` (``policy.logger``).
 
 ``torchrun --nproc_per_node=N -m policy.train ...`` trains with DistributedDataParallel (``policy.distributed``):
 ``train.batch_size`` is the global batch of a step, split into ``N * train.grad_accum`` equal shards; shard
@@ -29,14 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +56,7 @@ from policy.checkpoint import (
     save_checkpoint,
 )
 from policy.config import Config
+from policy.config_utils import from_dict, load_plugin
 from policy.data import WindowSampler, open_dataset, split_episodes
 from policy.data.stream import open_training_data
 from policy.distributed import DistInfo
@@ -145,7 +143,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0  # time spent in training steps (max_minutes), kept across resumes
         self.best: dict[str, Any] | None = None
-        self.eval_fn = load_hook(t.eval_hook) if t.eval_every > 0 else None
+        self.eval_fn = load_plugin(t.eval_hook, "train.eval_hook") if t.eval_every > 0 else None
         if t.resume and has_ckpt:
             self._resume()
         self.dim_weight = torch.from_numpy(self.normalizer.varying(keys.ACTION).astype(np.float32)).to(self.device)
@@ -373,18 +371,6 @@ class Trainer:
         return self.ckpt_dir
 
 
-def load_hook(spec: str) -> Callable[..., Any]:
-    """The function named by ``"package.module:function"``; ValueError naming it when it cannot be loaded."""
-    mod_name, _, fn_name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"train.eval_hook {spec!r} cannot be loaded: {e}") from e
-    if not callable(fn):
-        raise ValueError(f"train.eval_hook {spec!r} is not callable")
-    return fn
-
-
 def train(cfg: Config) -> Path:
     """Run training to ``cfg.train.max_steps`` or its time budget; returns the latest checkpoint folder.
 
@@ -400,8 +386,6 @@ def train(cfg: Config) -> Path:
 def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
-
-    from policy.config_utils import from_dict
 
     @hydra.main(config_path=str(Path(__file__).resolve().parent.parent / "configs"), config_name="train",
                 version_base="1.3")

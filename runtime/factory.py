@@ -14,29 +14,18 @@ either with ``background: true|false``.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from policy.config_utils import from_dict
+from policy.config_utils import from_dict, load_plugin
 from runtime.clock import WallClock
 from runtime.drivers.background import in_background
 from runtime.drivers.base import Camera, Robot
 
 Now = Callable[[], float]
-
-
-def _plugin(spec: str) -> Callable[..., Any]:
-    module, _, attr = spec.partition(":")
-    if not module or not attr:
-        raise ValueError(f"factory must look like 'package.module:callable', got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot load driver factory {spec!r}: {e}") from e
 
 
 def _split(spec: Mapping[str, Any], what: str) -> tuple[str | None, str | None, dict[str, Any]]:
@@ -50,7 +39,7 @@ def _split(spec: Mapping[str, Any], what: str) -> tuple[str | None, str | None, 
 def make_robot(spec: Mapping[str, Any], now: Now) -> Robot:
     kind, factory, params = _split(spec, "robot")
     if factory:
-        return _plugin(factory)(params, now)
+        return load_plugin(factory, "robot factory")(params, now)
     if kind == "fake":
         unknown = set(params) - {"start_pose", "tracking"}
         if unknown:
@@ -90,7 +79,7 @@ def make_camera(spec: Mapping[str, Any], now: Now) -> Camera:
 def _make_camera(spec: Mapping[str, Any], now: Now) -> Camera:
     kind, factory, params = _split(spec, "camera")
     if factory:
-        return _plugin(factory)(params, now)
+        return load_plugin(factory, "camera factory")(params, now)
     if kind == "fake":
         unknown = set(params) - {"height", "width"}
         if unknown:

@@ -66,3 +66,14 @@ def test_rule_violations_name_the_field(policy, match):
 def test_round_trip_through_plain_dicts():
     cfg = _compose(["policy=resnet18", "train.out_dir=/tmp/x", "train.steps=7"])
     assert from_dict(Config, to_dict(cfg)) == cfg
+
+
+def test_load_plugin_names_the_key_and_what_is_wrong():
+    from policy.config_utils import load_plugin, need
+
+    assert load_plugin("policy.config_utils:need", "train.eval_hook") is need
+    for spec, why in (("policy.config_utils", "must look like"), ("no_such_module:f", "cannot be loaded"),
+                      ("policy.config_utils:nothing_here", "cannot be loaded"),
+                      ("policy.config_utils:__doc__", "is not callable")):
+        with pytest.raises(ValueError, match=f"^train.eval_hook .*{why}"):
+            load_plugin(spec, "train.eval_hook")

@@ -140,7 +140,8 @@ class _Killed(BaseException):
 
 def test_structure4_a_kill_between_the_two_renames_keeps_the_best_checkpoint(tmp_path, tiny_dataset, monkeypatch):
     results = iter([0.5, 0.8, 0.3])  # success rates of the evaluations at steps 2, 4, 6
-    monkeypatch.setattr("policy.train.load_hook", lambda spec: lambda ckpt, **kw: {"success_rate": next(results)})
+    monkeypatch.setattr("policy.train.load_plugin",
+                        lambda spec, what: lambda ckpt, **kw: {"success_rate": next(results)})
     run = tmp_path / "run"
     cfg = dict(steps=4, eval_every=2, ckpt_every=100, val_every=100)
     rename = pathlib.Path.rename

@@ -118,7 +118,7 @@ def test_training_keeps_the_best_evaluated_checkpoint(trained, tmp_path, monkeyp
         seen.append(json.loads((checkpoint / "meta.json").read_text())["step"])
         return {"success_rate": next(results), "mean_score": 0.5}
 
-    monkeypatch.setattr("policy.train.load_hook", lambda spec: fake_eval)
+    monkeypatch.setattr("policy.train.load_plugin", lambda spec, what: fake_eval)
     cfg = tiny_config(data, tmp_path / "run", steps=6, eval_every=2, ckpt_every=100)
     ckpt = Trainer(cfg).run()
     assert seen == [2, 4, 6]
