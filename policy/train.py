@@ -15,13 +15,11 @@ crops and noise from a generator seeded by (seed, step, k). Gradients are averag
 N processes compute the same update as one process with ``train.grad_accum=N`` (up to float rounding).
 Only rank 0 logs, validates, evaluates and writes checkpoints; the other ranks wait at a barrier meanwhile.
 
-``train.max_minutes`` stops a run on a budget of training time (counted across resumes; wall time of the
-training steps, or their process CPU time with ``train.budget_clock=cpu``); with ``train.steps`` unset the
-budget alone ends the run (without a budget: 3000 steps), and the run logs at its start which limit ends it. With
-``train.eval_every`` > 0 the latest checkpoint is evaluated on its task every that many steps by the
-``train.eval_hook`` plug-in (``"module:function"``, default ``sim.evaluate:evaluate_in_training``; policy
-never imports the simulator itself); the checkpoint with the best success rate (then mean score) is
-kept as ``<out_dir>/checkpoints/best`` next to ``latest``, with its result in ``best/eval.json``.
+``train.max_minutes`` stops a run on a budget of training time (counted across resumes; wall time of the steps,
+or their CPU time with ``train.budget_clock=cpu``); with ``train.steps`` unset the budget alone ends the run
+(without one: 3000 steps); the run logs at its start which limit ends it. ``train.eval_every`` > 0 evaluates
+the latest checkpoint every that many steps by the ``train.eval_hook`` plug-in (``sim.evaluate``: policy never
+imports the simulator); the best (success rate, then mean score) is kept as ``checkpoints/best``.
 """
 
 from __future__ import annotations

@@ -1,24 +1,20 @@
 """The teleoperation loop: read robot + cameras + device -> integrate a target -> safety -> write -> record.
 
-It reads like the policy controller (``runtime.controller``): each tick at ``hz`` reads the robot and
-the newest camera frames, turns the device's velocity command into an absolute end-effector target,
-passes it through the ``SafetyLayer``, writes it, and, while the recorder is recording, records the
-observation with the command actually sent. Ticks are paced by sleeping to absolute deadlines
-``t0 + (i+1)*dt`` on the given clock; stale observations hold and then stop, as in the controller.
+Like the policy controller (``runtime.controller``), each tick at ``hz`` reads the robot and the newest
+frames, turns the device's velocity command into an absolute end-effector target, passes it through the
+``SafetyLayer``, writes it, and while recording records the observation with the command actually sent.
+Ticks sleep to absolute deadlines ``t0 + (i+1)*dt``; stale observations hold and then stop.
 
-The target is integrated from the *last command sent*, not from an internal setpoint: when the safety
-layer clips a target (workspace wall, speed limit) the clipped amount is not wound up, so moving back
-off a wall responds at once. Rotation rates compose in the base frame: ``R <- exp(w*dt) @ R``.
+The target is integrated from the *last command sent*, not an internal setpoint: what the safety layer clips
+is not wound up, so moving back off a wall responds at once. Rotations compose: ``R <- exp(w*dt) @ R``.
 
-Recorder events from the device: ``start``, ``keep`` (kept in the background so the loop never stalls
-on writing), ``discard``, ``record_toggle``; ``quit`` ends the session, ``estop`` stops at once. An
-unfinished episode is discarded and ``robot.stop()`` is called in ``finally:``. A ``start`` while the
-recorder's writer is behind is refused (logged, counted as ``recorder_behind``); the episode counts of the
-result are what was committed to disk. An arm that starts outside the workspace box is refused
-(``TeleopError`` naming the axis and the box), never pulled into it. The read of the robot and cameras
-and the way a session ends are the controller's (``runtime.loop``). The command line is
-``python -m runtime.teleop`` (``runtime/teleop.py``); ``run_teleop(...)`` connects everything,
-installs the e-stop signal handlers and runs the loop.
+Device events: ``start``, ``keep`` (written in the background: the loop never stalls on it), ``discard``,
+``record_toggle``; ``quit`` ends the session, ``estop`` stops at once; an unfinished episode is discarded,
+``robot.stop()`` runs in ``finally:``. A ``start`` while the recorder's writer is behind is refused (logged,
+counted as ``recorder_behind``); the result's episode counts are what was committed to disk. An arm that
+starts outside the workspace box is refused (``TeleopError`` naming the axis and the box), never pulled into
+it. Reads and session endings are the controller's (``runtime.loop``). ``run_teleop(...)`` (CLI:
+``runtime/teleop.py``) connects everything, installs the e-stop signal handlers and runs the loop.
 """
 
 from __future__ import annotations
