@@ -154,12 +154,11 @@ class FlowObjective:
         pred = net(x_t, t * self.time_scale, cond).float()  # float: under bf16 autocast the loss stays float32
         return (masked_l1 if self.cfg.loss == "l1" else masked_mse)(pred, target, dim_weight)
 
-    def velocity(self, out: torch.Tensor, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        """The net's output at x_t -> the velocity; ``t`` in [0, 1) on the path (not the embedding scale)."""
+    def velocity(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The net's output at x_t -> the velocity; ``t`` (B,) in [0, 1) on the path (not the embedding scale)."""
         if not self.predicts_sample:
             return out
-        one_minus = (1 - t)[:, None, None] if isinstance(t, torch.Tensor) else 1 - t
-        return (out - x) / one_minus
+        return (out - x) / (1 - t)[:, None, None]
 
     def velocity_fn(self, net_fn):
         """``net_fn(x, timestep, cond)`` -> the same signature returning the velocity (timestep on the embedding
