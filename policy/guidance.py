@@ -2,7 +2,8 @@
 
 - RTC (Black et al. 2025, "Real-Time Execution of Action Chunking Flow Policies"): guided sampling that
   inpaints the prefix. At every step, estimate the clean chunk, weigh its error against the prefix with a
-  soft mask W (1 on the first d rows, exp(-decay * (i - d + 1)) over the overlap d..P-1, 0 after), and add
+  soft mask W (1 on the first d rows; over the overlap d..P-1 either exp(-decay * (i - d + 1)) or the paper's
+  linear ramp (P - i) / (P - d + 1); 0 after), and add
   the vector-Jacobian product of the estimate w.r.t. the noisy chunk, times the clipped guidance weight
   g = min(beta, (1 - t) / t * (t**2 + (1 - t)**2) / (1 - t)**2), to the velocity.
 - BID (Liu et al., ICLR 2025): sample N chunks as one batch and keep the one closest to the prefix, by a
@@ -22,17 +23,29 @@ import numpy as np
 import torch
 
 from policy.objectives import DDPMObjective, FlowObjective, randn
+from policy.protocol import RTC_SCHEDULES
 
 NetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BID_DECAY = 0.9  # BID's weight per row after the delay: rho ** (i - d + 1)
 
 
-def rtc_weights(delay: int, prefix_len: int, chunk_len: int, decay: float) -> torch.Tensor:
-    """RTC's soft mask W: (Tp,) float32, 1 on rows < d, exp(-decay * (i - d + 1)) on d <= i < P, 0 after."""
+def rtc_weights(delay: int, prefix_len: int, chunk_len: int, decay: float, schedule: str = "exp") -> torch.Tensor:
+    """RTC's soft mask W: (Tp,) float32, 1 on rows < d, 0 on rows >= P, and over the overlap d <= i < P:
+
+    - ``exp``: exp(-decay * (i - d + 1)): the overlap's first row already weighs exp(-decay) (0.61 at 0.5);
+    - ``linear``: (P - i) / (P - d + 1), the paper's (and its kinetix code's) linear ramp from the last fixed
+      row down to 0 at P: the switch from the committed actions to the new plan is spread evenly over the
+      overlap, 1 / (P - d + 1) of the gap per row (``decay`` unused).
+    """
     if not 0 <= delay <= prefix_len <= chunk_len:
         raise ValueError(f"need 0 <= delay <= prefix_len <= chunk_len, got {delay}, {prefix_len}, {chunk_len}")
+    if schedule not in RTC_SCHEDULES:
+        raise ValueError(f"rtc schedule must be one of {RTC_SCHEDULES}, got {schedule!r}")
     i = torch.arange(chunk_len, dtype=torch.float32)
-    w = torch.exp(-decay * (i - delay + 1))
+    if schedule == "linear":
+        w = (prefix_len - i) / (prefix_len - delay + 1)
+    else:
+        w = torch.exp(-decay * (i - delay + 1))
     w = torch.where(i < delay, torch.ones_like(w), w)
     return torch.where(i < prefix_len, w, torch.zeros_like(w))
 

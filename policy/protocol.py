@@ -34,6 +34,7 @@ class ChunkPolicy(Protocol):
 
 
 CONTINUATIONS = ("rtc", "bid")
+RTC_SCHEDULES = ("exp", "linear")  # ChunkPrefix.schedule: the soft mask over the overlap (policy.guidance)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class ChunkPrefix:
       one most coherent with the prefix).
     max_guidance: RTC's clip of the guidance weight (beta; 0 reproduces plain sampling).
     decay: RTC's soft mask over the overlap, weight ``exp(-decay * (i - d + 1))`` for i >= d (1 before d).
+    schedule: that mask's shape over the overlap: ``exp`` (with ``decay``) or ``linear`` (the paper's ramp
+      (P - i) / (P - d + 1); ``policy.guidance.rtc_weights``).
     samples: BID's batch of candidate chunks.
     """
 
@@ -58,6 +61,7 @@ class ChunkPrefix:
     max_guidance: float = 5.0
     decay: float = 0.5
     samples: int = 16
+    schedule: str = "exp"
 
     def __post_init__(self) -> None:
         a = np.asarray(self.actions)
@@ -67,6 +71,8 @@ class ChunkPrefix:
             raise ValueError(f"prefix.delay must be in [0, {len(a)}] (entries), got {self.delay}")
         if self.method not in CONTINUATIONS:
             raise ValueError(f"prefix.method must be one of {CONTINUATIONS}, got {self.method!r}")
+        if self.schedule not in RTC_SCHEDULES:
+            raise ValueError(f"prefix.schedule must be one of {RTC_SCHEDULES}, got {self.schedule!r}")
         if not self.max_guidance >= 0 or not self.decay >= 0 or self.samples < 1:
             raise ValueError(f"prefix: max_guidance and decay must be >= 0 and samples >= 1, got "
                              f"{self.max_guidance}, {self.decay}, {self.samples}")

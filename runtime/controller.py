@@ -31,7 +31,7 @@ import numpy as np
 
 from policy import keys
 from policy.config_utils import need
-from policy.protocol import ChunkPrefix
+from policy.protocol import RTC_SCHEDULES, ChunkPrefix
 from runtime.buffer import ActionBuffer
 from runtime.clock import Clock, frozen_gc, wait_for_tick
 from runtime.drivers.base import Camera, Robot, RobotState
@@ -64,7 +64,9 @@ class ControllerConfig:
     # rtc | bid | ensemble (runtime.execution); auto by measurement: rtc halves the jumps at chunk switches and
     # the safety layer's rate-limit interventions on pick_place and push_t at equal success (README)
     rtc_max_guidance: float = 5.0  # rtc: clip of the guidance weight (beta); 0: plain sampling
-    rtc_decay: float = 0.5  # rtc: soft mask over the overlap, exp(-decay * (i - d + 1)) after the d fixed entries
+    rtc_schedule: str = "exp"  # rtc: the soft mask over the overlap after the d fixed entries: exp (rtc_decay) |
+    # linear (the paper's ramp (P - i) / (P - d + 1): the switch to the new plan spread evenly over the overlap)
+    rtc_decay: float = 0.5  # rtc, exp schedule: weight exp(-decay * (i - d + 1)) after the d fixed entries
     bid_samples: int = 16  # bid: candidate chunks sampled as one batch
     ensemble_decay: float = 0.01  # ensemble: ACT's m, weights exp(-m * i), i = 0 the oldest chunk
     latency_quantile: float = 0.9  # rtc/bid: d from this quantile of the recent inference delays
@@ -85,6 +87,8 @@ class ControllerConfig:
              f"controller.execution must be one of auto, {', '.join(EXECUTIONS)}, got {self.execution!r}")
         need(0 <= self.rtc_max_guidance <= 1e3,
              f"controller.rtc_max_guidance must be in [0, 1000], got {self.rtc_max_guidance!r}")
+        need(self.rtc_schedule in RTC_SCHEDULES,
+             f"controller.rtc_schedule must be one of {', '.join(RTC_SCHEDULES)}, got {self.rtc_schedule!r}")
         need(0 <= self.rtc_decay <= 100,
              f"controller.rtc_decay must be in [0, 100] (per entry), got {self.rtc_decay!r}")
         need(1 <= self.bid_samples <= 1024, f"controller.bid_samples must be in [1, 1024], got {self.bid_samples!r}")
@@ -246,7 +250,7 @@ class Controller:
         if self.execution not in ("rtc", "bid"):
             return None
         return build_prefix(self.buffer, tick, self.delays.ticks(), self.execution, c.rtc_max_guidance, c.rtc_decay,
-                            c.bid_samples, self.policy.chunk_len)
+                            c.bid_samples, self.policy.chunk_len, c.rtc_schedule)
 
     def _request(self, history: list[np.ndarray], tick: int, now: float) -> None:
         prefix = self.prefix(tick)

@@ -1,7 +1,7 @@
 """Real-time chunking under simulated inference latency: success and smoothness of each way to join chunks.
 
     python tests/benchmarks/bench_realtime.py --checkpoint pick_place=DIR --checkpoint push_t=DIR
-        [--latencies 0,0.1,0.2,0.3,0.5] [--strategies naive,rtc,bid,ensemble] [--replan half[,continuous]]
+        [--latencies 0,0.1,0.2,0.3,0.5] [--strategies naive,rtc,rtc_linear,bid,ensemble] [--replan half[,continuous]]
         [--episodes 100] [--workers N] [--threads 1] [--max-steps 0] [--cost-calls 30] [--work DIR]
         [--quick] [--out FILE.json]
 
@@ -39,7 +39,9 @@ from _common import finish, latency_stats_ms, machine_info, parse_args, print_ta
 import sim  # noqa: F401 - headless GL before mujoco
 from policy.config_utils import from_dict
 
-STRATEGIES = ("naive", "rtc", "bid", "ensemble")
+STRATEGIES = ("naive", "rtc", "rtc_linear", "bid", "ensemble")
+# a strategy -> controller keys: rtc_linear is rtc with the paper's linear soft mask (controller.rtc_schedule)
+STRATEGY_KEYS = {"rtc_linear": {"execution": "rtc", "rtc_schedule": "linear"}}
 JUMPS = ("switch_jump_m", "switch_jump_rad", "within_jump_m", "within_jump_rad")
 LIMITS = ("speed", "accel", "rot_speed", "rot_accel")
 
@@ -80,7 +82,8 @@ def evaluate_one(label: str, ckpt: Path, strategy: str, latency: float, replan: 
         "checkpoint": str(ckpt), "task": label if label in TASKS else "", "episodes": args.episodes,
         "workers": args.workers, "latency": latency,
         "max_steps": args.max_steps, "videos": 0, "out": str(out), "num_threads": args.threads,
-        "progress": False, "controller": {"execution": strategy, "replan": replan, "keep_trace": True}})
+        "progress": False, "controller": {"execution": strategy, **STRATEGY_KEYS.get(strategy, {}), "replan": replan,
+                                          "keep_trace": True}})
     s = evaluate(cfg)
     lo, hi = s["success_rate_ci95"]
     return {"success_rate": s["success_rate"], "success_rate_ci95_low": lo, "success_rate_ci95_high": hi,
@@ -126,11 +129,13 @@ def inference_cost(ckpt: Path, strategies: list[str], calls: int, threads: int) 
     res: dict[str, Any] = {}
     for strategy in strategies:
         prefix = None
-        if strategy in ("rtc", "bid"):
+        keys_ = {"execution": strategy, **STRATEGY_KEYS.get(strategy, {})}
+        if keys_["execution"] in ("rtc", "bid"):
             if not accepts_prefix(policy):
                 res[f"{strategy}_predict_chunk_error"] = "the policy takes no prefix"
                 continue
-            prefix = ChunkPrefix(chunk[half:].astype(np.float64), min(3, policy.chunk_len - half), strategy)
+            prefix = ChunkPrefix(chunk[half:].astype(np.float64), min(3, policy.chunk_len - half),
+                                 keys_["execution"], schedule=keys_.get("rtc_schedule", "exp"))
         times = []
         for i in range(calls + 3):  # 3 warm-up calls
             t0 = time.perf_counter()

@@ -93,6 +93,21 @@ def test_rtc_weights_and_guidance_weight():
         rtc_weights(5, 4, 16, 0.5)
 
 
+def test_rtc_linear_schedule_ramps_evenly_from_the_fixed_rows_to_zero():
+    """The paper's linear mask (kinetix get_prefix_weights, start=d, end=P): 1 on rows < d, then
+    (P - i) / (P - d + 1), 0 from P on; every step over the overlap is the same 1 / (P - d + 1)."""
+    w = rtc_weights(2, 6, 10, 0.5, "linear")
+    np.testing.assert_allclose(w.numpy(), [1, 1, 0.8, 0.6, 0.4, 0.2, 0, 0, 0, 0], atol=1e-6)
+    w = rtc_weights(3, 8, 16, 123.0, "linear")  # decay is not used
+    steps = -np.diff(w[2:9].numpy())
+    np.testing.assert_allclose(steps, 1 / 6, rtol=1e-5)
+    assert torch.all(rtc_weights(0, 0, 16, 0.5, "linear") == 0)  # nothing committed: plain sampling
+    with pytest.raises(ValueError, match="schedule"):
+        rtc_weights(2, 6, 10, 0.5, "cosine")
+    with pytest.raises(ValueError, match="schedule"):
+        ChunkPrefix(np.zeros((4, 2)), 1, schedule="cosine")
+
+
 @pytest.mark.parametrize("name,steps", [("flow", 5), ("flow_sample", 5), ("ddpm", 10)])
 def test_rtc_follows_the_prefix_where_naive_sampling_switches_mode(name, steps):
     """Over 40 seeds and both modes as the prefix: naive sampling agrees with the prefix about half the time;

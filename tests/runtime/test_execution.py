@@ -57,7 +57,8 @@ def _controller(policy, latency, **cfg):
 @pytest.mark.parametrize("execution", ["rtc", "bid"])
 def test_the_prefix_holds_exactly_the_entries_that_execute_before_arrival(latency, d, execution):
     policy = PrefixPolicy()
-    ctrl = _controller(policy, latency, execution=execution, bid_samples=8, rtc_max_guidance=3.0, rtc_decay=0.25)
+    ctrl = _controller(policy, latency, execution=execution, bid_samples=8, rtc_max_guidance=3.0, rtc_decay=0.25,
+                       rtc_schedule="linear")
     m = ctrl.run(max_ticks=60)
     assert m.stop_reason == "completed" and m.underruns == 0
     assert policy.prefixes[0] is None  # start-up: nothing committed yet
@@ -69,7 +70,7 @@ def test_the_prefix_holds_exactly_the_entries_that_execute_before_arrival(latenc
     assert len(policy.prefixes) >= 5
     for k_prev, k, prefix in zip(policy.obs_ticks, policy.obs_ticks[1:], policy.prefixes[1:]):
         assert prefix is not None and prefix.method == execution
-        assert (prefix.max_guidance, prefix.decay, prefix.samples) == (3.0, 0.25, 8)
+        assert (prefix.max_guidance, prefix.decay, prefix.samples, prefix.schedule) == (3.0, 0.25, 8, "linear")
         assert prefix.delay == d
         if k in first_use:  # the new chunk took over exactly d ticks after its observation
             assert first_use[k] - k == d
@@ -129,6 +130,7 @@ def test_auto_execution_is_rtc_for_a_policy_that_takes_a_prefix_and_naive_otherw
 
 
 @pytest.mark.parametrize("field, value", [("execution", "smooth"), ("rtc_max_guidance", -1.0), ("rtc_decay", -0.1),
+                                          ("rtc_schedule", "cosine"),
                                           ("bid_samples", 0), ("latency_quantile", 0.0), ("latency_window", 0),
                                           ("latency_initial_s", -0.1), ("ensemble_decay", float("nan"))])
 def test_bad_execution_settings_name_the_field(field, value):
