@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policy import keys
+from policy.action_frame import ACTION_FRAMES, frame_rule
 from policy.action_space import ACTION_SPACES, ActionSpace, absolute_pad_layout
 from policy.config_utils import need
 from policy.data.interop import KeyMap
@@ -121,6 +122,9 @@ class PolicyConfig:
     action_space: str = "absolute"  # absolute (target pose + gripper) | delta (deltas, velocities): the
     # action-history pad before the first action (policy.action_space): measured ee_pose + gripper | hold_action
     hold_action: tuple[float, ...] | None = None  # delta only: the action that holds still (A,); null: zeros
+    action_frame: str = "absolute"  # absolute | relative: the network's actions (target chunk and action history)
+    # in the frame of the current ee_pose (UMI's relative trajectories, policy.action_frame); the policy returns
+    # absolute actions either way
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -152,6 +156,14 @@ class PolicyConfig:
              f"got {dict(self.lowdim_dims)}; for delta or velocity actions set policy.action_space=delta "
              f"(policy.hold_action: the action that holds still, zeros by default), or "
              f"policy.use_action_history=false")
+        need(self.action_frame in ACTION_FRAMES,
+             f"policy.action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}")
+        if self.action_frame == "relative":
+            need(self.action_space == "absolute", "policy.action_frame relative expresses absolute target poses in "
+                 f"the frame of the current {keys.EE_POSE}: it needs policy.action_space absolute, got "
+                 f"{self.action_space!r}")
+            wrong = frame_rule(self.lowdim_dims, self.action_dim)
+            need(wrong is None, f"policy.action_frame relative: {wrong}")
         levels = len(self.unet.down_dims) - 1
         need(self.chunk_len >= 2 ** levels and self.chunk_len % (2 ** levels) == 0,
               f"policy.chunk_len must be divisible by 2**(len(unet.down_dims)-1) = {2 ** levels}, "

@@ -7,7 +7,8 @@ Writes into ``out``::
                       (1, To, H, W, 3) uint8, the rest (1, To, D) float32 normalized) in ``obs_keys`` order,
                       then ``noise`` (1, Tp, A) float32, the initial sample; output ``actions`` (1, Tp, A)
                       float32, normalized (batch 1: ``OnnxPolicy.predict_chunks`` runs a batch row by row)
-    export.json       what was exported: objective, sampler, steps, the graph's inputs, the source checkpoint
+    export.json       what was exported: objective, sampler, steps, action frame, the graph's inputs, the source
+                      checkpoint
     normalizer.json, config.yaml, meta.json   copies of the checkpoint's
 
 ``policy.onnx_policy.OnnxPolicy`` serves it with onnxruntime, without torch. Only deterministic samplers can be
@@ -48,7 +49,7 @@ from policy.onnx_policy import (
     OUTPUT,
     UNROLLABLE_SAMPLERS,
 )
-from policy.window import obs_keys
+from policy.window import from_network_frame, obs_keys
 
 OPSET = 17  # onnxruntime >= 1.14 runs it; GroupNormalization (opset 18) is not needed
 
@@ -110,6 +111,8 @@ def example_inputs(cfg: Any, normalizer: Any, batch: int = 1, seed: int = 0) -> 
             s = normalizer.stats[k if k in cfg.lowdim_dims else keys_.ACTION]
             u = rng.uniform(0, 1, (batch, cfg.n_obs_steps, len(s["min"])))
             out[k] = (s["min"] + u * (s["max"] - s["min"])).astype(np.float32)
+    if keys_.ACTION_HISTORY in out:  # the statistics are in the network's frame, a window holds absolute actions
+        out[keys_.ACTION_HISTORY] = from_network_frame(out[keys_.ACTION_HISTORY], out, cfg)
     return out
 
 
@@ -158,6 +161,7 @@ def export_policy(cfg: ExportConfig) -> Path:
     for name in ("normalizer.json", "config.yaml", "meta.json"):
         shutil.copyfile(src / name, out / name)
     info = {"format": EXPORT_FORMAT, "objective": pcfg.objective.name, "sampler": sampler,
+            "action_frame": pcfg.action_frame,  # informative: OnnxPolicy reads it from config.yaml
             "num_inference_steps": steps, "inputs": names, "output": OUTPUT, "opset": OPSET,
             "source_checkpoint": str(src.resolve()), "torch": torch.__version__, "export": asdict(cfg)}
     (out / "export.json").write_text(json.dumps(info, indent=1))

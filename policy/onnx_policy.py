@@ -22,7 +22,7 @@ from policy.config import Config
 from policy.config_utils import from_dict
 from policy.normalizer import Normalizer
 from policy.protocol import PolicySpec
-from policy.window import check_normalizer, check_window, model_inputs, obs_keys
+from policy.window import check_normalizer, check_window, from_network_frame, model_inputs, obs_keys
 
 ONNX_FILE = "policy.onnx"
 EXPORT_FORMAT = 1
@@ -152,7 +152,8 @@ class OnnxPolicy:
                               "files come from different checkpoints; export again")
 
     def sample_normalized(self, batch: Mapping[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
-        """Robot-unit window batch (B, To, ...) and initial noise (B, Tp, A) -> actions (B, Tp, A) normalized."""
+        """Robot-unit window batch (B, To, ...) and initial noise (B, Tp, A) -> actions (B, Tp, A) normalized, in the
+        network's frame (``policy.action_frame``: relative ones are mapped back to absolute by ``predict_chunks``)."""
         inputs = model_inputs({k: batch[k] for k in self.obs_keys}, self.cfg, self.normalizer)
         noise = np.asarray(noise, np.float32)
         rows = []
@@ -173,8 +174,8 @@ class OnnxPolicy:
             noise = (rng or self.rng).standard_normal(shape, dtype=np.float32)
         elif np.shape(noise) != shape or not np.all(np.isfinite(noise)):
             raise ValueError(f"noise must be a finite {shape} array, got shape {np.shape(noise)}")
-        actions = self.sample_normalized(obs_batch, noise)  # (B, Tp, A) normalized
-        return np.asarray(self.normalizer.unnormalize(keys.ACTION, actions), np.float32)
+        actions = self.sample_normalized(obs_batch, noise)  # (B, Tp, A) normalized, in the network's frame
+        return from_network_frame(self.normalizer.unnormalize(keys.ACTION, actions), obs_batch, self.cfg)
 
     def predict_chunk(self, obs_window: Mapping[str, np.ndarray], seed: int | None = None,
                       noise: np.ndarray | None = None) -> np.ndarray:

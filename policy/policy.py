@@ -15,7 +15,7 @@ from policy.guidance import bid_select, rtc_sample, rtc_weights
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
 from policy.normalizer import Normalizer
 from policy.protocol import ChunkPrefix
-from policy.window import check_window
+from policy.window import check_window, from_network_frame, to_network_frame
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -79,10 +79,11 @@ class Policy:
         return self._sample(obs_batch, generator)
 
     def _sample(self, obs_batch: Mapping[str, np.ndarray], generator: torch.Generator | None) -> np.ndarray:
-        inputs = to_model_inputs({k: np.asarray(obs_batch[k]) for k in self.obs_keys}, self.cfg,
-                                 self.normalizer, self.device)
+        batch = {k: np.asarray(obs_batch[k]) for k in self.obs_keys}
+        inputs = to_model_inputs(batch, self.cfg, self.normalizer, self.device)
         actions = self.model.sample(inputs, generator, self.num_inference_steps, self.sampler)  # (B, Tp, A)
-        return self.normalizer.unnormalize(keys.ACTION, actions.float()).cpu().numpy().astype(np.float32)
+        out = self.normalizer.unnormalize(keys.ACTION, actions.float()).cpu().numpy().astype(np.float32)
+        return from_network_frame(out, batch, self.cfg)  # (B, Tp, A): from the network's frame to absolute
 
     def predict_chunk(self, obs_window: Mapping[str, np.ndarray], seed: int | None = None,
                       prefix: ChunkPrefix | None = None) -> np.ndarray:
@@ -108,10 +109,13 @@ class Policy:
 
     def _continue(self, batch: Mapping[str, np.ndarray], gen: torch.Generator | None,
                   prefix: ChunkPrefix) -> np.ndarray:
-        """The prefix path of ``predict_chunk``; no inference_mode (RTC's guidance needs autograd)."""
-        p = np.asarray(prefix.actions, np.float32)  # (P, A) robot units
-        if p.shape[0] > self.chunk_len or p.shape[1] != self.action_dim:
-            raise ValueError(f"prefix.actions must be (P <= {self.chunk_len}, {self.action_dim}), got {p.shape}")
+        """The prefix path of ``predict_chunk``; no inference_mode (RTC's guidance needs autograd). Guidance, BID's
+        choice and the blend over the overlap work in the network's frame; the result is mapped back to absolute."""
+        absolute = np.asarray(prefix.actions, np.float32)  # (P, A) robot units
+        if absolute.ndim != 2 or absolute.shape[0] > self.chunk_len or absolute.shape[1] != self.action_dim:
+            raise ValueError(f"prefix.actions must be (P <= {self.chunk_len}, {self.action_dim}), "
+                             f"got {absolute.shape}")
+        p = to_network_frame(absolute[None], batch, self.cfg)[0]  # (P, A) in the network's frame
         n_rows, d = p.shape[0], prefix.delay
         shape = (self.chunk_len, self.action_dim)
         with torch.no_grad():
@@ -144,6 +148,7 @@ class Policy:
             # with the same soft mask: rows < d become the committed ones, the overlap fades into the new plan.
             wb = rtc_weights(d, n_rows, self.chunk_len, prefix.decay, prefix.schedule).numpy()[:n_rows, None]  # (P, 1)
             out[:n_rows, varying] = (wb * p + (1 - wb) * out[:n_rows])[:, varying]
-        out[:d] = p[:d]  # the rows that execute before the chunk arrives: exactly the committed ones
+        out = from_network_frame(out[None], batch, self.cfg)[0]  # (Tp, A) absolute
+        out[:d] = absolute[:d]  # the rows that execute before the chunk arrives: exactly the committed ones
         self.last_continuation = info
         return out

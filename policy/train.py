@@ -44,6 +44,7 @@ except ImportError as e:  # the torch-free install (deploy extra) serves exporte
                       'pip install "visuomotor-dp[train]"') from e
 
 from policy import distributed, keys
+from policy.action_frame import fit_normalizer
 from policy.atomic import existing, recover, swap_in
 from policy.checkpoint import (
     CheckpointError,
@@ -61,7 +62,6 @@ from policy.distributed import DistInfo
 from policy.hardware import native_cpu_bf16
 from policy.logger import RunLogger
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
-from policy.normalizer import Normalizer
 from policy.objectives import masked_mse
 from policy.policy import resolve_device
 from policy.schedule import batch_ids, ema_update, lr_at, shard_seed
@@ -125,8 +125,8 @@ class Trainer:
         # train.data: every array in memory, or the images streamed from the store (policy.data.stream)
         self.stream, self.arrays, shapes = open_training_data(rb, cfg, self.obs_keys, self.train_sampler,
                                                               self.dist, self.device)
-        steps = self.train_sampler.step_indices()
-        self.normalizer = Normalizer.fit({k: self.arrays[k][steps] for k in [*p.lowdim_dims, keys.ACTION]})
+        # action statistics in the network's frame: relative ones over every training window (policy.action_frame)
+        self.normalizer = fit_normalizer(self.arrays, self.train_sampler, list(p.lowdim_dims), p.action_frame)
         self.meta = {"dataset": dataset_fingerprint(rb, shapes),
                      "train_episodes": train_ids.tolist(), "val_episodes": val_ids.tolist(),
                      "obs_keys": list(obs_keys(p)), "n_obs_steps": p.n_obs_steps, "chunk_len": p.chunk_len,

@@ -1,6 +1,7 @@
 """An observation window at the policy boundary, without torch: its keys, its checks, and the network inputs
-made from it (images as they are, the rest normalized). Shared by the torch ``Policy`` and the exported
-``OnnxPolicy``, so both accept and reject exactly the same windows.
+made from it (images as they are, the rest normalized; actions in the network's frame, ``policy.action_frame``).
+Shared by training, the torch ``Policy`` and the exported ``OnnxPolicy``, so they accept and reject exactly the
+same windows and see actions in the same frame.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from policy import keys
+from policy.action_frame import to_absolute, to_relative
 from policy.config import PolicyConfig
 from policy.normalizer import Normalizer
 
@@ -49,13 +51,32 @@ def _as_numpy(x: Any, dtype: Any = None) -> np.ndarray:
     return np.asarray(x, dtype)
 
 
+def to_network_frame(actions: Any, batch: Mapping[str, Any], cfg: PolicyConfig) -> np.ndarray:
+    """Absolute robot-unit actions (B, T, A) of the windows of ``batch`` -> the frame the network works in
+    (``cfg.action_frame``: unchanged, or relative to each window's newest ``ee_pose``), float32 numpy."""
+    actions = np.asarray(actions, np.float32)
+    if cfg.action_frame == "absolute":
+        return actions
+    return to_relative(actions, np.asarray(batch[keys.EE_POSE])[:, -1])  # pose (B, P): the newest frame
+
+
+def from_network_frame(actions: Any, batch: Mapping[str, Any], cfg: PolicyConfig) -> np.ndarray:
+    """Robot-unit actions (B, T, A) in the network's frame -> absolute, float32 numpy (inverse of
+    ``to_network_frame``): what leaves the policy."""
+    actions = np.asarray(actions, np.float32)
+    if cfg.action_frame == "absolute":
+        return actions
+    return to_absolute(actions, np.asarray(batch[keys.EE_POSE])[:, -1])
+
+
 def model_inputs(batch: Mapping[str, Any], cfg: PolicyConfig, normalizer: Normalizer,
                  convert: Callable[..., Any] = _as_numpy) -> dict[str, Any]:
     """Robot-unit batch (B, To, ...) -> what the network takes: images stay uint8, the rest normalized.
 
-    ``action`` (B, Tp, A) is normalized too when present; the action history uses the action statistics.
-    ``convert(x, dtype)`` makes the array type (dtype None: keep; float32 for everything normalized): numpy
-    by default, torch tensors on a device in ``policy.model.to_model_inputs``.
+    ``action`` (B, Tp, A) is normalized too when present; the action history uses the action statistics. Both are
+    put into the network's frame first (``to_network_frame``; numpy, on CPU arrays or tensors). ``convert(x,
+    dtype)`` makes the array type (dtype None: keep; float32 for everything normalized): numpy by default, torch
+    tensors on a device in ``policy.model.to_model_inputs``.
     """
     out: dict[str, Any] = {}
     for k in cfg.image_keys:
@@ -64,7 +85,8 @@ def model_inputs(batch: Mapping[str, Any], cfg: PolicyConfig, normalizer: Normal
         out[k] = normalizer.normalize(k, convert(batch[k], np.float32))
     for k in (keys.ACTION_HISTORY, keys.ACTION):
         if k in batch and (k == keys.ACTION or cfg.use_action_history):
-            out[k] = normalizer.normalize(keys.ACTION, convert(batch[k], np.float32))
+            a = batch[k] if cfg.action_frame == "absolute" else to_network_frame(batch[k], batch, cfg)
+            out[k] = normalizer.normalize(keys.ACTION, convert(a, np.float32))
     return out
 
 
