@@ -314,7 +314,7 @@ class Trainer:
         window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
         clock = time.process_time if t.budget_clock == "cpu" else time.perf_counter
         try:
-            while max_steps is None or self.step < max_steps:
+            while (max_steps is None or self.step < max_steps) and not 0 < budget <= self.train_seconds:
                 step_t = clock()
                 loss_t = self.train_step()
                 self.train_seconds += clock() - step_t

@@ -219,6 +219,11 @@ def test_structure8_a_time_budget_alone_runs_until_the_budget(tmp_path, tiny_dat
     run = tmp_path / "run"
     ckpt = train(tiny_config(tiny_dataset, run, steps=None, max_minutes=0.05, budget_clock="cpu", ckpt_every=1000,
                              val_every=1000, log_every=1000))
-    assert json.loads((ckpt / "meta.json").read_text())["step"] > 2
+    step = json.loads((ckpt / "meta.json").read_text())["step"]
+    assert step > 2
     assert "the run ends after 0.05 min" in caplog.text
+    # resuming a run whose budget is spent trains no further step (it returns its checkpoint as it is)
+    ckpt = train(tiny_config(tiny_dataset, run, steps=None, max_minutes=0.05, budget_clock="cpu", ckpt_every=1000,
+                             val_every=1000, log_every=1000, resume=True))
+    assert json.loads((ckpt / "meta.json").read_text())["step"] == step
     shutil.rmtree(run)
