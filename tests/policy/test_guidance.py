@@ -82,7 +82,7 @@ def sample_pair(obj, seed: int, beta: float = 5.0, target: torch.Tensor | None =
 
 
 def test_rtc_weights_and_guidance_weight():
-    w = rtc_weights(3, 8, 16, 0.5)
+    w = rtc_weights(3, 8, 16, 0.5, "exp")
     assert w.shape == (16,)
     assert torch.all(w[:3] == 1) and torch.all(w[8:] == 0)
     np.testing.assert_allclose(w[3:8].numpy(), np.exp(-0.5 * np.arange(1, 6)), rtol=1e-6)
@@ -227,12 +227,16 @@ def test_policy_continues_a_prefix(data, name, sampler):
         assert policy.last_continuation["method"] == method
     assert 0 <= policy.last_continuation["bid_index"] < 4
     # beta = 0: plain sampling exactly past the prefix; over the overlap the soft mask blends it into the prefix
-    zero = policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3, max_guidance=0.0))
-    np.testing.assert_array_equal(zero[6:], plain[6:])
-    w = np.exp(-0.5 * (np.arange(3, 6) - 3 + 1))[:, None]  # rows d..P-1 of the default decay 0.5
     varying = ~const
-    np.testing.assert_allclose(zero[3:6, varying], (w * committed[3:6] + (1 - w) * plain[3:6])[:, varying],
-                               rtol=1e-5, atol=1e-6)
+    masks = {"linear": (6 - np.arange(3, 6)) / (6 - 3 + 1),  # rows d..P-1 of the default: the linear ramp 3/4 .. 1/4
+             "exp": np.exp(-0.5 * (np.arange(3, 6) - 3 + 1))}  # and of the exp schedule with its decay 0.5
+    for schedule, w in masks.items():
+        zero = policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3, max_guidance=0.0,
+                                                                    schedule=schedule))
+        np.testing.assert_array_equal(zero[6:], plain[6:])
+        np.testing.assert_allclose(zero[3:6, varying],
+                                   (w[:, None] * committed[3:6] + (1 - w[:, None]) * plain[3:6])[:, varying],
+                                   rtol=1e-5, atol=1e-6)
     assert policy.last_continuation["max_guidance_weight"] == 0.0
     guided = policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3))
     assert policy.last_continuation["max_guidance_weight"] == pytest.approx(5.0)
