@@ -2,7 +2,7 @@
 
     python tests/benchmarks/bench_realtime.py --checkpoint pick_place=DIR --checkpoint push_t=DIR
         [--latencies 0,0.1,0.2,0.3,0.5] [--strategies naive,rtc,rtc_linear,bid,ensemble] [--replan half[,continuous]]
-        [--episodes 100] [--workers N] [--threads 1] [--max-steps 0] [--cost-calls 30] [--work DIR]
+        [--episodes 100] [--seed 1000000] [--workers N] [--threads 1] [--max-steps 0] [--cost-calls 30] [--work DIR]
         [--quick] [--out FILE.json]
 
 For every checkpoint (``label=DIR``; the label names its figures and, when it is a task name, the task;
@@ -80,7 +80,7 @@ def evaluate_one(label: str, ckpt: Path, strategy: str, latency: float, replan: 
 
     cfg = from_dict(EvalConfig, {
         "checkpoint": str(ckpt), "task": label if label in TASKS else "", "episodes": args.episodes,
-        "workers": args.workers, "latency": latency,
+        "workers": args.workers, "latency": latency, "seed": args.seed,
         "max_steps": args.max_steps, "videos": 0, "out": str(out), "num_threads": args.threads,
         "progress": False, "controller": {"execution": strategy, **STRATEGY_KEYS.get(strategy, {}), "replan": replan,
                                           "keep_trace": True}})
@@ -160,6 +160,8 @@ def main() -> None:
         p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per configuration")
         p.add_argument("--workers", type=int, default=2, help="evaluation processes")
         p.add_argument("--max-steps", type=int, default=0, help="ticks per episode; 0: the task's")
+        p.add_argument("--seed", type=int, default=1_000_000,
+                       help="first evaluation seed (sim.evaluate's seed; another start: a repeat on other seeds)")
         p.add_argument("--cost-calls", type=int, default=30, help="timed predict_chunk calls per strategy; 0: skip")
         p.add_argument("--work", type=Path, default=None, help="folder for the evaluation outputs")
 
@@ -177,7 +179,8 @@ def main() -> None:
     if args.quick:
         args.episodes, latencies, args.cost_calls = min(args.episodes, 2), latencies[:2], min(args.cost_calls, 3)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_realtime_"))
-    results: dict[str, Any] = {"episodes": args.episodes, "latencies_s": ",".join(f"{x:g}" for x in latencies),
+    results: dict[str, Any] = {"episodes": args.episodes, "first_seed": args.seed,
+                               "latencies_s": ",".join(f"{x:g}" for x in latencies),
                                "strategies": ",".join(strategies), "replan": ",".join(replans)}
     rows = []
     for label, ckpt in ckpts.items():
