@@ -29,7 +29,7 @@ NetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BID_DECAY = 0.9  # BID's weight per row after the delay: rho ** (i - d + 1)
 
 
-def rtc_weights(delay: int, prefix_len: int, chunk_len: int, decay: float, schedule: str = "linear") -> torch.Tensor:
+def rtc_weights(delay: int, prefix_len: int, chunk_len: int, decay: float, schedule: str = "exp") -> torch.Tensor:
     """RTC's soft mask W: (Tp,) float32, 1 on rows < d, 0 on rows >= P, and over the overlap d <= i < P:
 
     - ``exp``: exp(-decay * (i - d + 1)): the overlap's first row already weighs exp(-decay) (0.61 at 0.5);

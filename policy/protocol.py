@@ -49,8 +49,8 @@ class ChunkPrefix:
     method: ``rtc`` (guided sampling that inpaints the prefix) or ``bid`` (pick among a batch of samples the
       one most coherent with the prefix).
     max_guidance: RTC's clip of the guidance weight (beta; 0 reproduces plain sampling).
-    schedule: RTC's soft mask over the overlap (1 before d): ``linear``, the paper's ramp (P - i) / (P - d + 1),
-      or ``exp``, weight ``exp(-decay * (i - d + 1))`` for i >= d (``policy.guidance.rtc_weights``).
+    schedule: RTC's soft mask over the overlap (1 before d): ``exp``, weight ``exp(-decay * (i - d + 1))`` for
+      i >= d, or ``linear``, the paper's ramp (P - i) / (P - d + 1) (``policy.guidance.rtc_weights``).
     decay: the ``exp`` schedule's rate per entry.
     samples: BID's batch of candidate chunks.
     """
@@ -61,7 +61,7 @@ class ChunkPrefix:
     max_guidance: float = 5.0
     decay: float = 0.5
     samples: int = 16
-    schedule: str = "linear"
+    schedule: str = "exp"
 
     def __post_init__(self) -> None:
         a = np.asarray(self.actions)

@@ -64,8 +64,8 @@ class ControllerConfig:
     # rtc | bid | ensemble (runtime.execution); auto by measurement: rtc halves the jumps at chunk switches and
     # the safety layer's rate-limit interventions on pick_place and push_t at equal success (README)
     rtc_max_guidance: float = 5.0  # rtc: clip of the guidance weight (beta); 0: plain sampling
-    rtc_schedule: str = "linear"  # rtc: the soft mask over the overlap after the d fixed entries: linear (the
-    # paper's ramp (P - i) / (P - d + 1): the switch spread evenly over the overlap; by measurement, README) | exp
+    rtc_schedule: str = "exp"  # rtc: the soft mask over the overlap after the d fixed entries: exp (rtc_decay) |
+    # linear (the paper's ramp (P - i) / (P - d + 1): smoother switches, but it follows a new plan late; README)
     rtc_decay: float = 0.5  # rtc, exp schedule: weight exp(-decay * (i - d + 1)) after the d fixed entries
     bid_samples: int = 16  # bid: candidate chunks sampled as one batch
     ensemble_decay: float = 0.01  # ensemble: ACT's m, weights exp(-m * i), i = 0 the oldest chunk

@@ -58,7 +58,7 @@ class DelayEstimator:
 
 
 def build_prefix(buffer: ActionBuffer, obs_tick: int, delay: int, method: str, max_guidance: float,
-                 decay: float, samples: int, chunk_len: int, schedule: str = "linear") -> ChunkPrefix | None:
+                 decay: float, samples: int, chunk_len: int, schedule: str = "exp") -> ChunkPrefix | None:
     """The committed actions for a request from ``obs_tick``: None before the first chunk or when nothing
     is buffered for ``obs_tick`` (an underrun), else a ``ChunkPrefix`` with ``min(delay, P)`` fixed entries."""
     actions = buffer.committed(obs_tick, chunk_len)

@@ -232,7 +232,7 @@ def test_a_prefix_is_continued_in_absolute_units(trained):
     plain = policy.predict_chunk(win, seed=3)
     zero = policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3, max_guidance=0.0))
     np.testing.assert_allclose(zero[6:], plain[6:], atol=1e-6)
-    w = ((6 - np.arange(3, 6)) / (6 - 3 + 1))[:, None]  # the default linear mask over rows d..P-1
+    w = np.exp(-0.5 * (np.arange(3, 6) - 3 + 1))[:, None]  # the default exp mask (decay 0.5) over rows d..P-1
     varying = policy.normalizer.varying(keys.ACTION)  # relative dims; the rotation is constant (identity)
     np.testing.assert_allclose(zero[3:6, varying], (w * committed[3:6] + (1 - w) * plain[3:6])[:, varying],
                                atol=1e-5)

@@ -228,8 +228,8 @@ def test_policy_continues_a_prefix(data, name, sampler):
     assert 0 <= policy.last_continuation["bid_index"] < 4
     # beta = 0: plain sampling exactly past the prefix; over the overlap the soft mask blends it into the prefix
     varying = ~const
-    masks = {"linear": (6 - np.arange(3, 6)) / (6 - 3 + 1),  # rows d..P-1 of the default: the linear ramp 3/4 .. 1/4
-             "exp": np.exp(-0.5 * (np.arange(3, 6) - 3 + 1))}  # and of the exp schedule with its decay 0.5
+    masks = {"exp": np.exp(-0.5 * (np.arange(3, 6) - 3 + 1)),  # rows d..P-1 of the default: exp, decay 0.5
+             "linear": (6 - np.arange(3, 6)) / (6 - 3 + 1)}  # and of the linear ramp 3/4 .. 1/4
     for schedule, w in masks.items():
         zero = policy.predict_chunk(win, seed=3, prefix=ChunkPrefix(committed, delay=3, max_guidance=0.0,
                                                                     schedule=schedule))
