@@ -127,9 +127,9 @@ class Policy:
         varying = self.normalizer.varying(keys.ACTION)  # (A,) bool
         info: dict = {"method": prefix.method, "delay": d, "prefix_len": n_rows}
         obj, net = self.model.objective, self.model.net
+        mask = rtc_weights(d, n_rows, self.chunk_len, prefix.decay, prefix.schedule)  # (Tp,) guidance and blend
         if prefix.method == "rtc":
-            w = rtc_weights(d, n_rows, self.chunk_len, prefix.decay, prefix.schedule).to(self.device)[:, None]
-            w = w * torch.as_tensor(varying, dtype=torch.float32, device=self.device)  # (Tp, A)
+            w = mask.to(self.device)[:, None] * torch.as_tensor(varying, dtype=torch.float32, device=self.device)
             chunk = rtc_sample(obj, net, cond, shape, self.num_inference_steps, self.sampler, gen, target, w,
                                prefix.max_guidance, info)[0]  # (Tp, A)
         else:
@@ -146,7 +146,7 @@ class Policy:
             # the noise, so guidance (a gradient through it) closes little of the gap to the prefix (measured on
             # pick_place: 16 -> 14 mm over the overlap, even with beta = 100). The rest is closed in action space
             # with the same soft mask: rows < d become the committed ones, the overlap fades into the new plan.
-            wb = rtc_weights(d, n_rows, self.chunk_len, prefix.decay, prefix.schedule).numpy()[:n_rows, None]  # (P, 1)
+            wb = mask.numpy()[:n_rows, None]  # (P, 1)
             out[:n_rows, varying] = (wb * p + (1 - wb) * out[:n_rows])[:, varying]
         out = from_network_frame(out[None], batch, self.cfg)[0]  # (Tp, A) absolute
         out[:d] = absolute[:d]  # the rows that execute before the chunk arrives: exactly the committed ones
