@@ -24,6 +24,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LOGGERS = ("tensorboard", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
 DATA_MODES = ("memory", "stream", "auto")  # train.data (policy.data.stream)
+STREAM_LOADERS = ("process", "thread")  # train.stream_loader: where a streamed run builds its batches
 DEFAULT_STEPS = 3000  # train.steps when neither it nor train.max_minutes is set
 
 
@@ -213,7 +214,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this much training time (validation, checkpoints, evaluation
     # excluded; counted across resumes), the cosine LR decays over it; 0: only the step count ends the run
     budget_clock: str = "wall"  # what max_minutes counts: wall (seconds of training steps) | cpu (process CPU
-    # time of training steps, all threads: CPU-minutes, which other processes on the machine do not eat into)
+    # time of training steps, all threads and the stream loader process: CPU-minutes, which other processes on the
+    # machine do not eat into)
     eval_every: int = 0  # steps between task evaluations (0: none); the best checkpoint is kept as checkpoints/best
     eval_hook: str = "sim.evaluate:evaluate_in_training"  # "module:function"(checkpoint_dir, **eval_args) -> dict
     eval_args: dict[str, Any] = field(default_factory=dict)  # e.g. {episodes: 10, workers: 2, videos: 1}
@@ -229,7 +231,8 @@ class TrainConfig:
     data_memory_share: float = 0.5  # auto: the share of the available memory the loaded arrays may take
     stream_block: int = 64  # stream: frames read at once (rounded up to whole storage chunks)
     stream_pool: int = 32  # stream: blocks whose windows are shuffled together (the cache holds a pool)
-    stream_prefetch: int = 4  # stream: batches built ahead by the loader thread
+    stream_prefetch: int = 4  # stream: batches built ahead by the loader
+    stream_loader: str = "process"  # stream: process (a child process builds the images) | thread (in this one)
 
     def __post_init__(self) -> None:
         need(self.steps is None or self.steps >= 1, f"train.steps must be >= 1 (or null), got {self.steps}")
@@ -260,6 +263,8 @@ class TrainConfig:
              f"train.data_memory_share must be in (0, 1], got {self.data_memory_share}")
         for name in ("stream_block", "stream_pool", "stream_prefetch"):
             need(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+        need(self.stream_loader in STREAM_LOADERS,
+             f"train.stream_loader must be one of {STREAM_LOADERS}, got {self.stream_loader!r}")
 
     @property
     def max_steps(self) -> int | None:

@@ -299,6 +299,10 @@ class Trainer:
         if self.logger is not None:
             self.logger.log(self.step, record)
 
+    def _cpu_clock(self) -> float:
+        """CPU seconds of this process (all threads) and of its stream loader process (``budget_clock=cpu``)."""
+        return time.process_time() + (self.stream.loader_cpu_seconds() if self.stream is not None else 0.0)
+
     def run(self) -> Path:
         from tqdm import tqdm
 
@@ -312,7 +316,7 @@ class Trainer:
         bar = tqdm(total=None if budget > 0 else max_steps, initial=self.step, disable=not (t.progress and main),
                    dynamic_ncols=True, desc="train", unit="step")
         window_t, window_n, loss_sum, paused = time.perf_counter(), 0, 0.0, 0.0
-        clock = time.process_time if t.budget_clock == "cpu" else time.perf_counter
+        clock = self._cpu_clock if t.budget_clock == "cpu" else time.perf_counter
         try:
             while (max_steps is None or self.step < max_steps) and not 0 < budget <= self.train_seconds:
                 step_t = clock()

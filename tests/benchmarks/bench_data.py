@@ -10,15 +10,20 @@ default CPU config (batch 64, no validation):
 
 - samples/s: one child process per thread count (1 and ``--threads``) holds three trainers, ``train.data=memory``
   and ``stream`` on the ``--gb`` dataset and ``stream`` on the recorded one, and runs them in turns of
-  ``--window`` steps for ``--rounds`` rounds, so that the load of a shared machine drifts over all alike (a
-  streamed trainer's loader stops at the end of its turn, so each turn starts without batches read ahead); the
+  ``--window`` steps for ``--rounds`` rounds, so that the load of a shared machine drifts over all alike (the
+  streamed trainers use the loader thread, which stops at the end of its turn, so each turn starts without
+  batches read ahead, and keeps its block cache: a loader process would start cold every turn); the
   median ms/step of each, the CPU time per step of the training thread and of the other threads (the loader and
   zarr's decoding: these do not depend on the machine's load), and the time the training thread waited for a
   batch;
-- peak RSS (VmHWM) of a process that trains alone: ``memory`` and ``stream`` on the ``--gb`` dataset, and
-  ``train.data=auto`` on the ``--big-gb`` dataset with the process's data size capped (``RLIMIT_DATA``) at what it
-  holds after its imports plus ``--headroom-mb``, less than half the dataset (auto must stream; ``memory`` under
-  the same cap must fail), with its samples/s and how busy the cores stay (CPU time / wall time / cores).
+- a process that trains alone (what a user runs), ``--alone-steps`` steps after a warm-up, with 1 and
+  ``--threads`` torch threads, in ``--alone-repeats`` alternating rounds (memory, stream with the loader process,
+  stream with the loader thread; the median): samples/s, peak RSS (VmHWM) of the training process, the memory
+  the loader process holds for itself (private pages at its stop: a forked child's RSS also counts the pages it
+  shares with its parent), how busy the cores stay (CPU time of both / wall time / cores);
+- ``train.data=auto`` on the ``--big-gb`` dataset with the process's data size capped (``RLIMIT_DATA``, inherited
+  by the loader process) at what it holds after its imports plus ``--headroom-mb``, less than half the dataset
+  (auto must stream; ``memory`` under the same cap must fail), with its samples/s and peak RSS.
 
 Figures go to tests/benchmarks/results/data.json.
 """
@@ -66,23 +71,26 @@ def _status_mb(field: str) -> float:
     return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith(field + ":")) / 1024
 
 
-def _trainer(dataset: str, data: str, threads: int, out_dir: str):
+def _trainer(dataset: str, data: str, threads: int, out_dir: str, loader: str = "process"):
     from policy.config import Config, PolicyConfig, TrainConfig
     from policy.config_utils import from_dict
     from policy.train import Trainer
 
     policy = from_dict(PolicyConfig, load_default_policy_dict())
     train = TrainConfig(dataset=dataset, out_dir=out_dir, data=data, batch_size=BATCH, num_threads=threads,
-                        device="cpu", progress=False, steps=100_000, warmup_steps=10)
+                        device="cpu", progress=False, steps=100_000, warmup_steps=10, stream_loader=loader)
     return Trainer(Config(policy=policy, train=train))
 
 
 def _timed(tr, steps: int) -> tuple[float, float, float]:
-    """(wall, process CPU, this thread's CPU) seconds of ``steps`` training steps."""
-    c0, m0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+    """(wall, CPU of this process and its loader process, this thread's CPU) seconds of ``steps`` training steps."""
+    def cpu() -> float:
+        return time.process_time() + (tr.stream.loader_cpu_seconds() if tr.stream is not None else 0.0)
+
+    c0, m0, t0 = cpu(), time.thread_time(), time.perf_counter()
     for _ in range(steps):
         tr.train_step()
-    return time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - m0
+    return time.perf_counter() - t0, cpu() - c0, time.thread_time() - m0
 
 
 def child_speed(spec: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +98,7 @@ def child_speed(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    trainers = {name: _trainer(ds, data, spec["threads"], f"{spec['out_dir']}_{name}")
+    trainers = {name: _trainer(ds, data, spec["threads"], f"{spec['out_dir']}_{name}", "thread")
                 for name, (ds, data) in spec["runs"].items()}
     for tr in trainers.values():  # warm-up: allocations, the first pool
         _timed(tr, 3)
@@ -122,10 +130,11 @@ def child_memory(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["headroom_mb"]:
         cap = int((_status_mb("VmData") + spec["headroom_mb"]) * 2**20)
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-    torch.set_num_threads(1)
+    threads = spec.get("threads", 1)
+    torch.set_num_threads(threads)
     try:
-        tr = _trainer(spec["dataset"], spec["data"], 1, spec["out_dir"])
-        _timed(tr, 3)
+        tr = _trainer(spec["dataset"], spec["data"], threads, spec["out_dir"], spec.get("loader", "process"))
+        _timed(tr, 5)
         if tr.stream is not None:
             tr.stream.wait_seconds = 0.0
         wall, cpu, main_cpu = _timed(tr, spec["steps"])
@@ -133,10 +142,13 @@ def child_memory(spec: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": f"MemoryError: {e}"}
     n = spec["steps"]
     wait_ms = 1e3 * tr.stream.wait_seconds / n if tr.stream is not None else 0.0
+    loader_rss = 0.0
     if tr.stream is not None:
         tr.stream.close()
+        loader_rss = tr.stream.loader_private_mb
     return {"ok": True, "mode": "stream" if tr.stream is not None else "memory", "peak_rss_mb": _status_mb("VmHWM"),
-            "samples_per_s": n * BATCH / wall, "cpu_busy_pct": 100 * cpu / wall / (os.cpu_count() or 1),
+            "loader_private_mb": loader_rss, "samples_per_s": n * BATCH / wall,
+            "cpu_busy_pct": 100 * cpu / wall / (os.cpu_count() or 1),
             "other_cpu_ms_per_step": max(0.0, 1e3 * (cpu - main_cpu) / n), "wait_ms_per_step": wait_ms,
             "limit_mb": resource.getrlimit(resource.RLIMIT_DATA)[0] / 2**20 if spec["headroom_mb"] else 0.0}
 
@@ -170,6 +182,8 @@ def main() -> None:
         p.add_argument("--window", type=int, default=10, help="steps per turn (default 10)")
         p.add_argument("--rounds", type=int, default=6, help="turns of each trainer (default 6; the median)")
         p.add_argument("--tmp", default=None, help="folder for the datasets (default: the system temp folder)")
+        p.add_argument("--alone-steps", type=int, default=150, help="steps of each run alone (default 150)")
+        p.add_argument("--alone-repeats", type=int, default=2, help="rounds of the runs alone (default 2)")
 
     args = parse_args(__file__, "samples/s and peak RSS of training from memory vs streaming", extra)
     q = args.quick
@@ -202,24 +216,43 @@ def main() -> None:
                 res["memory"]["samples_per_s"]
         mem_rows = []
         spec = {"steps": 4 if q else 24, "headroom_mb": 0, "out_dir": str(Path(tmp) / "run_mem")}
-        for data in ("stream", "memory"):  # peak RSS of a process that trains alone
-            r = run_child("memory", {**spec, "dataset": str(small.path), "data": data,
-                                     "out_dir": str(Path(tmp) / f"run_rss_{data}")})
-            results.update({f"alone_{data}_peak_rss_mb": r["peak_rss_mb"], f"alone_{data}_cpu_busy_pct":
-                            r["cpu_busy_pct"], f"alone_{data}_samples_per_s": r["samples_per_s"]})
-            mem_rows.append((f"{data}, {gb:g} GiB", r["peak_rss_mb"], r["samples_per_s"], r["cpu_busy_pct"],
-                             r["wait_ms_per_step"], "-"))
+        alone = {"memory": ("memory", "process"), "stream": ("stream", "process"),
+                 "stream_thread": ("stream", "thread")}
+        alone_labels = {"memory": "memory", "stream": "stream, loader process",
+                        "stream_thread": "stream, loader thread"}
+        for threads in sorted({1, args.threads}):  # processes that train alone, in alternating rounds
+            got: dict[str, list[dict[str, Any]]] = {name: [] for name in alone}
+            for _ in range(1 if q else args.alone_repeats):
+                for name, (data, loader) in alone.items():
+                    got[name].append(run_child("memory", {
+                        **spec, "steps": 4 if q else args.alone_steps, "threads": threads, "dataset": str(small.path),
+                        "data": data, "loader": loader, "out_dir": str(Path(tmp) / f"run_alone_{name}_t{threads}")},
+                        threads))
+            for name, rs in got.items():
+                med = {k: float(np.median([r[k] for r in rs])) for k in ("samples_per_s", "peak_rss_mb",
+                       "loader_private_mb", "cpu_busy_pct", "wait_ms_per_step", "other_cpu_ms_per_step")}
+                results.update({f"alone_t{threads}_{name}_{k}": v for k, v in med.items()})
+                results.update({f"alone_t{threads}_{name}_samples_per_s_round{i}": r["samples_per_s"]
+                                for i, r in enumerate(rs)})
+                mem_rows.append((f"{threads} thread(s), {alone_labels[name]}, {gb:g} GiB", med["peak_rss_mb"],
+                                 med["loader_private_mb"], med["samples_per_s"], med["cpu_busy_pct"],
+                                 med["wait_ms_per_step"], "-"))
+            for name in ("stream", "stream_thread"):
+                results[f"alone_t{threads}_{name}_over_memory_pct"] = 100 * results[
+                    f"alone_t{threads}_{name}_samples_per_s"] / results[f"alone_t{threads}_memory_samples_per_s"]
         capped = {**spec, "dataset": str(big.path), "headroom_mb": headroom}
         loaded = run_child("memory", {**capped, "data": "memory", "out_dir": str(Path(tmp) / "run_cap_memory")})
         cs = run_child("memory", {**capped, "data": "auto", "out_dir": str(Path(tmp) / "run_cap_auto")})
         if not cs["ok"] or cs["mode"] != "stream":
             raise SystemExit(f"train.data=auto under the cap did not stream: {cs}")
         mem_rows.append((f"auto -> stream, {big_gb:g} GiB, data capped at {cs['limit_mb']:.0f} MiB",
-                         cs["peak_rss_mb"], cs["samples_per_s"], cs["cpu_busy_pct"], cs["wait_ms_per_step"],
+                         cs["peak_rss_mb"], cs["loader_private_mb"], cs["samples_per_s"], cs["cpu_busy_pct"],
+                         cs["wait_ms_per_step"],
                          "fails" if not loaded["ok"] else "did not fail"))
         results.update({"capped_limit_mb": cs["limit_mb"],
                         "capped_dataset_over_limit_x": big_gb * 1024 / cs["limit_mb"],
                         "capped_memory_mode_fails": not loaded["ok"], "capped_stream_peak_rss_mb": cs["peak_rss_mb"],
+                        "capped_stream_loader_private_mb": cs["loader_private_mb"],
                         "capped_stream_samples_per_s": cs["samples_per_s"],
                         "capped_stream_cpu_busy_pct": cs["cpu_busy_pct"],
                         "capped_stream_other_threads_cpu_ms_per_step": cs["other_cpu_ms_per_step"],
@@ -227,14 +260,16 @@ def main() -> None:
                         "dataset_images_gb": gb, "dataset_disk_gb": disk[small.path], "dataset_steps": small.n_steps,
                         "dataset_big_images_gb": big_gb, "dataset_big_disk_gb": disk[big.path],
                         "dataset_big_steps": big.n_steps, "dataset_recorded_images_gb": rec_gb,
-                        "window_steps": window, "rounds": rounds, "batch_size": BATCH, "policy_config": "cpu_default",
+                        "window_steps": window, "rounds": rounds, "alone_steps": args.alone_steps,
+                        "alone_repeats": args.alone_repeats, "batch_size": BATCH, "policy_config": "cpu_default",
                         "image_shape": f"{IMAGE[0]}x{IMAGE[1]}", "stream_layout": "chunk 64, shard 1024, zstd",
                         "load_average_1min": os.getloadavg()[0], "machine_shared": True})
     print_table("samples/s, trainers in turns in one process (default CPU config, batch 64)",
                 ["run", "samples/s", "ms/step", "train thread CPU ms/step", "other threads CPU ms/step",
                  "waited ms/step"], rows)
-    print_table("a process that trains alone", ["run", "peak RSS MiB", "samples/s", "CPU busy %", "waited ms/step",
-                                                "memory under the cap"], mem_rows)
+    print_table("a process that trains alone (medians of its rounds)",
+                ["run", "peak RSS MiB", "loader process private MiB", "samples/s", "CPU busy %", "waited ms/step",
+                 "memory under the cap"], mem_rows)
     results.update(machine_info(args.threads, args.quick))
     finish(results, args.out)
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,34 +51,53 @@ def _weights(ckpt: Path) -> dict[str, np.ndarray]:
 
 
 def _streamed(rb: ReplayBuffer, sampler: WindowSampler, order: BlockOrder, shards=(0,), n_shards=1,
-              image_keys=(keys.SCENE_RGB, keys.WRIST_RGB), lowdim_keys=(keys.EE_POSE, keys.GRIPPER)) -> StreamedData:
+              image_keys=(keys.SCENE_RGB, keys.WRIST_RGB), lowdim_keys=(keys.EE_POSE, keys.GRIPPER),
+              loader: str = "thread") -> StreamedData:
     lowdim = rb.load([*lowdim_keys, keys.ACTION])
     return StreamedData(rb, lowdim, image_keys, lowdim_keys, sampler, order, shards, n_shards, prefetch=2,
-                        pool=order.pool, pin=False)
+                        pool=order.pool, pin=False, loader=loader)
 
 
+def _shm_names() -> set[str]:
+    return {p.name for p in Path("/dev/shm").iterdir()} if Path("/dev/shm").is_dir() else set()
+
+
+@pytest.mark.parametrize("loader", ["process", "thread"])
 @pytest.mark.parametrize("layout", [SMALL_LAYOUT, None], ids=["sharded", "one-frame-chunks"])
-def test_streamed_batches_equal_the_batches_of_loaded_arrays_for_the_same_ids(tmp_path, layout):
+def test_streamed_batches_equal_the_batches_of_loaded_arrays_for_the_same_ids(tmp_path, layout, loader):
     rb = ReplayBuffer.open(_dataset(tmp_path, layout, n_episodes=5, length=11))
     obs = [keys.SCENE_RGB, keys.WRIST_RGB, keys.EE_POSE, keys.GRIPPER]
     sampler = WindowSampler(rb.episode_ends, [0, 2, 3, 4], n_obs_steps=3, chunk_len=4, history_len=2)
     block = read_block_frames(rb, obs[:2], 6)
     assert block == (8 if layout else 6)  # whole chunks of 4 frames; one-frame chunks: as asked
     order = BlockOrder(sampler, block, pool=2, batch_size=8, seed=3)
-    data = _streamed(rb, sampler, order, shards=(1, 3), n_shards=4)  # this "process" holds shards 1 and 3
+    shm_before = _shm_names()
+    data = _streamed(rb, sampler, order, shards=(1, 3), n_shards=4, loader=loader)  # this "process": shards 1, 3
     loaded = rb.load([*obs, keys.ACTION])
     before = sys.getswitchinterval()
     for step in range(12):  # several epochs (38 windows, 4 steps an epoch)
         ids = order.batch_ids(step)
         for m, k in enumerate((1, 3)):
-            got = data.train_batch(step, m)  # from the loader thread
+            got = data.train_batch(step, m)  # from the loader thread or process
             want = sampler.gather(loaded, ids[k::4], obs)
             assert got.keys() == want.keys()
             for key in want:
                 np.testing.assert_array_equal(got[key], want[key], err_msg=f"step {step} shard {k} {key}")
-    assert sys.getswitchinterval() <= 0.0005  # the training thread gets the GIL back soon while the loader runs
+    if loader == "thread":  # the training thread gets the GIL back soon while the loader thread runs
+        assert sys.getswitchinterval() <= 0.0005
+    else:  # the batches came from a child process, which counts its CPU time
+        assert len(mp.active_children()) == 1 and sys.getswitchinterval() == before
     data.close()
     assert sys.getswitchinterval() == before
+    if loader == "process":
+        assert not mp.active_children() and _shm_names() == shm_before  # stopped, its buffers unlinked
+        assert data.loader_cpu_seconds() > 0
+    # out of sequence (a resumed run, a test stepping by hand): the loader restarts at the step asked for
+    for step, m in ((7, 1), (3, 0), (3, 1)):
+        got = data.train_batch(step, m)
+        want = sampler.gather(loaded, order.batch_ids(step)[(1, 3)[m]::4], obs)
+        np.testing.assert_array_equal(got[keys.WRIST_RGB], want[keys.WRIST_RGB], err_msg=f"step {step} m {m}")
+    data.close()
     # validation batches (random ids), read directly
     ids = np.random.default_rng(0).permutation(len(sampler))[:16]
     got, want = data.gather(sampler, ids), sampler.gather(loaded, ids, obs)
@@ -170,17 +190,51 @@ def test_wrong_data_keys_are_named():
         TrainConfig(stream_pool=0)
     with pytest.raises(ValueError, match="train.data_memory_share must be in"):
         TrainConfig(data_memory_share=1.5)
+    with pytest.raises(ValueError, match="train.stream_loader must be one of"):
+        TrainConfig(stream_loader="processes")
     with pytest.raises(ConfigError, match="stream_blocks"):
         from_dict(Config, {"train": {"stream_blocks": 8}})
 
 
-def test_a_damaged_chunk_is_named_with_its_key_and_frames(tmp_path):
+@pytest.mark.parametrize("loader", ["process", "thread"])
+def test_a_damaged_chunk_is_named_with_its_key_and_frames(tmp_path, loader):
     ds = _dataset(tmp_path)
     shard = ds / "data" / keys.WRIST_RGB / "c" / "1" / "0" / "0" / "0"  # the shard of frames 16..31
     shard.write_bytes(b"not a shard" * 10)
-    cfg = tiny_config(ds, tmp_path / "run", **STREAM)
+    cfg = tiny_config(ds, tmp_path / "run", stream_loader=loader, **STREAM)
     with pytest.raises(DatasetError, match=r"cannot read frames \d+\.\.\d+ of data/wrist_rgb"):
         train(cfg)
+    assert not mp.active_children()
+
+
+def test_a_loader_process_that_dies_is_named_not_waited_for(tmp_path):
+    import signal
+
+    rb = ReplayBuffer.open(_dataset(tmp_path))
+    sampler = WindowSampler(rb.episode_ends, [0, 1, 2, 3], n_obs_steps=2, chunk_len=4)
+    order = BlockOrder(sampler, block=8, pool=2, batch_size=4, seed=0)
+    data = _streamed(rb, sampler, order, loader="process")
+    data.train_batch(0, 0)
+    os.kill(data._proc.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    data._proc.join()
+    with pytest.raises(RuntimeError, match=r"stream loader process .* exited with code -9 .*out of memory"):
+        for step in range(1, 50):  # the batches already handed over may still come; then the error, not a hang
+            data.train_batch(step, 0)
+    assert not mp.active_children()
+    data.close()
+
+
+def test_the_cpu_budget_counts_the_loader_process(tmp_path):
+    ds = _dataset(tmp_path)
+    tr = Trainer(tiny_config(ds, tmp_path / "run", steps=3, budget_clock="cpu", **STREAM))
+    tr.train_step()
+    assert tr.stream._proc is not None
+    spin = time.process_time()
+    while time.process_time() - spin < 0.05:  # this process's CPU time moves; the loader's is added to it
+        pass
+    child = tr.stream.loader_cpu_seconds()
+    assert child > 0 and tr._cpu_clock() >= time.process_time() + child - 0.02
+    tr.stream.close()
 
 
 def test_a_key_mapped_dataset_is_not_streamed_but_loaded_by_auto(tmp_path, caplog):
@@ -261,7 +315,10 @@ def _rank(rank: int, port: int, cfg: Config, out: str) -> None:
 
 def test_two_gloo_processes_stream_disjoint_shards_of_each_global_batch(tmp_path):
     ds = _dataset(tmp_path, n_episodes=6, length=20)
-    common = dict(steps=3, batch_size=8, log_every=1, val_every=3, ckpt_every=3, num_threads=1, **STREAM)
+    # the thread loader, whose reads this test records in each rank (the process loader builds the same shards:
+    # test_streamed_batches_equal_the_batches_of_loaded_arrays_for_the_same_ids)
+    common = dict(steps=3, batch_size=8, log_every=1, val_every=3, ckpt_every=3, num_threads=1,
+                  stream_loader="thread", **STREAM)
     ref = train(tiny_config(ds, tmp_path / "ref", grad_accum=2, **common))  # 1 process, the same 2 shards
     method = "fork" if sys.platform == "linux" else "spawn"
     mp.start_processes(_rank, args=(_free_port(), tiny_config(ds, tmp_path / "ddp", **common), str(tmp_path)),
