@@ -59,7 +59,7 @@ from policy.config_utils import from_dict, load_plugin
 from policy.data import WindowSampler, open_dataset, split_episodes
 from policy.data.stream import open_training_data
 from policy.distributed import DistInfo
-from policy.hardware import native_cpu_bf16
+from policy.hardware import keep_freed_memory, native_cpu_bf16
 from policy.logger import RunLogger
 from policy.model import DiffusionPolicyModel, obs_keys, to_model_inputs
 from policy.objectives import masked_mse
@@ -89,6 +89,9 @@ class Trainer:
         t, p = cfg.train, cfg.policy
         if not t.dataset:
             raise ValueError("train.dataset is empty: pass train.dataset=<path to the zarr replay buffer>")
+        malloc_note = keep_freed_memory()  # before the step's buffers are allocated: no page faults a step
+        if self.dist.is_main:
+            log.info("%s", malloc_note)
         self.n_shards = self.dist.world_size * t.grad_accum
         if t.batch_size % self.n_shards:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be divisible by the number of processes "
