@@ -232,7 +232,7 @@ class TrainConfig:
     stream_block: int = 64  # stream: frames read at once (rounded up to whole storage chunks)
     stream_pool: int = 32  # stream: blocks whose windows are shuffled together (the cache holds a pool)
     stream_prefetch: int = 4  # stream: batches built ahead by the loader
-    stream_loader: str = "process"  # stream: process (a child process builds the images) | thread (in this one)
+    stream_loader: str = "thread"  # stream: thread (in this process) | process (a child process builds the images)
 
     def __post_init__(self) -> None:
         need(self.steps is None or self.steps >= 1, f"train.steps must be >= 1 (or null), got {self.steps}")

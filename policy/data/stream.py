@@ -19,17 +19,18 @@ exactly the batch that ``WindowSampler.gather`` builds from loaded arrays for th
 
 Loading. A loader builds the images of the coming steps ahead (``train.stream_prefetch`` batches), reading whole
 blocks into an LRU cache that holds a pool (plus a few blocks for the frames of multi-frame windows that lie in
-the block before). ``train.stream_loader=process`` (the default) runs it in a child process (forked on Linux,
-spawned elsewhere; it imports numpy and zarr, not torch) that writes each batch's images into one of
-``stream_prefetch + 1`` shared-memory slots and passes the slot's number through a queue; the training process
-copies them out, hands the slot back and gathers the low-dim arrays and actions itself (from memory, ~0.1 ms).
-Reading and decoding then take no GIL from the training thread: a thread loader cost a run that trains alone
-~10 % of its samples/s. The process stops with the run, when the training process dies (it watches its parent)
-and on an error, which the training process raises with the loader's traceback; a loader that dies (killed for
-memory, say) is named, never waited for. ``train.budget_clock=cpu`` counts the loader process's CPU time too.
-``train.stream_loader=thread`` builds the batches in a thread of the training process instead (no child process;
-while it runs, Python's GIL switch interval is 0.5 ms instead of 5 ms so that the training thread, back from a
-torch op, does not wait long for the loader to hand the GIL back). Batches are pinned when training on CUDA.
+the block before). ``train.stream_loader=thread`` (the default) runs it in a thread of the training process; while
+it runs, Python's GIL switch interval is 0.5 ms instead of 5 ms, so that the training thread, back from a torch
+op, does not wait long for the loader to hand the GIL back. ``train.stream_loader=process`` runs it in a child
+process instead (forked on Linux, spawned elsewhere; it imports numpy and zarr, not torch) that writes each
+batch's images into one of ``stream_prefetch + 1`` shared-memory slots and passes the slot's number through a
+queue; the training process copies them out, hands the slot back and gathers the low-dim arrays and actions
+itself (from memory, ~0.1 ms). Reading and decoding then take no GIL from the training thread, at ~190 MB of
+memory for the child; on the default CPU config both run at 95-100 % of in-memory samples/s
+(``tests/benchmarks/bench_data.py``). The process stops with the run, when the training process dies (it watches
+its parent) and on an error, which the training process raises with the loader's traceback; a loader that dies
+(killed for memory, say) is named, never waited for. ``train.budget_clock=cpu`` counts its CPU time too.
+Batches are pinned when training on CUDA.
 Under torchrun, every rank computes the same order and builds only its own shards ``ids[k::n_shards]`` of
 each global batch, so it reads only the blocks that hold its shards' frames.
 """

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +70,47 @@ def test_bf16_loss_and_gradients_are_close_to_float32(tiny_dataset, tmp_path):
     assert l16 != l32  # autocast did act
     assert abs(l16 - l32) / l32 < 0.03, (l16, l32)
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+# --------------------------------------------------------------------------- malloc thresholds
+
+FAULTS = '''
+import ctypes, json, resource, sys
+import numpy as np
+sys.path.insert(0, {repo!r})
+libc = ctypes.CDLL(None)
+libc.mallopt(-3, 128 * 1024)  # glibc's starting mmap threshold, as in a process that never freed a large block
+libc.mallopt(-1, 128 * 1024)
+if {tune}:
+    from policy.hardware import keep_freed_memory
+    print(keep_freed_memory(), file=sys.stderr)
+def step():  # 24 blocks of 1 MB (a step's activations), written, then freed
+    blocks = [np.ones(2**17) for _ in range(24)]
+    del blocks
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
+'''
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_kept_freed_memory_takes_the_page_faults_out_of_repeated_large_allocations():
+    import subprocess
+
+    def faults(tune: bool, env: dict | None = None) -> tuple[int, str]:
+        code = FAULTS.format(repo=str(Path(__file__).resolve().parents[2]), tune=tune)
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **(env or {})})
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout.strip().splitlines()[-1]), run.stderr
+
+    pages = 24 * 2**20 // 4096  # 6144 pages of 4 KiB a step
+    untuned, _ = faults(False)
+    assert untuned > 5 * pages  # each allocation mapped afresh: the test can fail
+    tuned, note = faults(True)
+    assert tuned < pages and "MiB of freed memory kept" in note
+    # a user's own thresholds (glibc's environment variables) are left as they are
+    _, note = faults(True, {"MALLOC_TRIM_THRESHOLD_": str(2**20)})
+    assert "left as set in the environment" in note

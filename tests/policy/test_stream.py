@@ -226,7 +226,7 @@ def test_a_loader_process_that_dies_is_named_not_waited_for(tmp_path):
 
 def test_the_cpu_budget_counts_the_loader_process(tmp_path):
     ds = _dataset(tmp_path)
-    tr = Trainer(tiny_config(ds, tmp_path / "run", steps=3, budget_clock="cpu", **STREAM))
+    tr = Trainer(tiny_config(ds, tmp_path / "run", steps=3, budget_clock="cpu", stream_loader="process", **STREAM))
     tr.train_step()
     assert tr.stream._proc is not None
     spin = time.process_time()
@@ -317,8 +317,7 @@ def test_two_gloo_processes_stream_disjoint_shards_of_each_global_batch(tmp_path
     ds = _dataset(tmp_path, n_episodes=6, length=20)
     # the thread loader, whose reads this test records in each rank (the process loader builds the same shards:
     # test_streamed_batches_equal_the_batches_of_loaded_arrays_for_the_same_ids)
-    common = dict(steps=3, batch_size=8, log_every=1, val_every=3, ckpt_every=3, num_threads=1,
-                  stream_loader="thread", **STREAM)
+    common = dict(steps=3, batch_size=8, log_every=1, val_every=3, ckpt_every=3, num_threads=1, **STREAM)
     ref = train(tiny_config(ds, tmp_path / "ref", grad_accum=2, **common))  # 1 process, the same 2 shards
     method = "fork" if sys.platform == "linux" else "spawn"
     mp.start_processes(_rank, args=(_free_port(), tiny_config(ds, tmp_path / "ddp", **common), str(tmp_path)),
@@ -357,7 +356,7 @@ CAPPED = textwrap.dedent('''
     pol = tiny_policy_config(image_shape=(128, 128), encoder=EncoderConfig(channels=(16, 16), stem_stride=4,
                              crop_shape=(120, 120), feature_dim=32, num_keypoints=16))
     train(tiny_config({ds!r}, {out!r}, policy=pol, data={data!r}, steps={steps}, resume={resume},
-                      stream_pool=2, val_every=3, ckpt_every=3, num_threads=1))
+                      stream_pool=2, val_every=3, ckpt_every=3, num_threads=1, stream_loader={loader!r}))
 ''')
 
 
@@ -374,18 +373,18 @@ def test_a_run_with_memory_capped_below_the_dataset_trains_and_resumes(tmp_path)
     margin = 350 * 2**20  # below the images, above what a tiny streamed run allocates (~220 MB)
     assert image_mb * 2**20 > 1.5 * margin
 
-    def run(data: str, steps: int, resume: bool) -> subprocess.CompletedProcess:
+    def run(data: str, steps: int, resume: bool, loader: str = "thread") -> subprocess.CompletedProcess:
         code = CAPPED.format(repo=str(REPO), margin=margin, ds=str(ds), out=str(tmp_path / f"run_{data}"),
-                             data=data, steps=steps, resume=resume)
+                             data=data, steps=steps, resume=resume, loader=loader)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
 
     loaded = run("memory", 3, False)
     assert loaded.returncode != 0 and "MemoryError" in loaded.stderr, loaded.stderr[-2000:]  # the cap bites
-    first = run("auto", 3, False)
+    first = run("auto", 3, False, "process")  # the loader process (it inherits the cap) ...
     assert first.returncode == 0, first.stderr[-3000:]
     assert "data: stream (train.data=auto" in first.stderr and "RLIMIT_DATA" in first.stderr
-    second = run("auto", 6, True)
+    second = run("auto", 6, True, "thread")  # ... and the run resumed with the loader thread
     assert second.returncode == 0, second.stderr[-3000:]
     meta = json.loads((tmp_path / "run_auto" / "checkpoints" / "latest" / "meta.json").read_text())
     assert meta["step"] == 6
