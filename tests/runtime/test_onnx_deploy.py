@@ -68,7 +68,8 @@ def main():  # a function: runtime.run's inference process is spawned and re-imp
         d.connect()
     policy = load_policy(export, num_threads=1)
     worker = SimulatedLatencyWorker(policy, clock, 0.2)
-    ctrl = Controller(robot, cams, worker, SafetyLayer(SafetyConfig(), 0.1), clock, ControllerConfig(keep_trace=True))
+    ctrl = Controller(robot, cams, worker, SafetyLayer(SafetyConfig(), 0.1), clock,
+                      ControllerConfig(keep_trace=True, execution="auto"))
     m = ctrl.run(max_ticks=30)
     sim = {"stop_reason": m.stop_reason, "chunks": m.chunks_received, "failures": m.inference_failures,
            "ticks": len(m.trace), "execution": ctrl.execution, "policy": type(policy).__name__,
