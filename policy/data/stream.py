@@ -39,27 +39,28 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
 import os
 import queue
 import resource
 import sys
 import threading
 import time
-import traceback
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from policy.config import DATA_MODES, STREAM_LOADERS
-from policy.data.replay_buffer import DatasetError, ReplayBuffer
+from policy.data.blocks import BlockCache, BlockOrder, read_block_frames
+from policy.data.loader_process import LoaderProcess
+from policy.data.replay_buffer import ReplayBuffer
 from policy.data.sampler import WindowSampler
+
+__all__ = ["BlockCache", "BlockOrder", "StreamedData", "available_memory", "choose_data_mode", "dataset_bytes",
+           "open_training_data", "read_block_frames", "stream_check"]
 
 log = logging.getLogger("policy.data.stream")
 
-STREAM_ORDER_STREAM = 11  # np.random.default_rng([seed, 11, epoch]): the block order of a streamed epoch
 # Python's GIL switch interval while the loader thread runs: after a torch op (which releases the GIL) the training
 # thread waits up to this long for the loader to hand the GIL back; the default 5 ms cost ~5-10 ms a step here
 LOADER_SWITCH_INTERVAL_S = 0.0005
@@ -144,200 +145,12 @@ def dataset_bytes(rb: Any, keys: Sequence[str]) -> int:
     return sum(rb.n_steps * math.prod(specs[k][0]) * np.dtype(specs[k][1]).itemsize for k in keys)
 
 
-# ------------------------------------------------------------------ the order of a streamed run
-
-
-class BlockOrder:
-    """Sample ids of each step of a streamed run: block-shuffled epochs (see the module docstring)."""
-
-    def __init__(self, sampler: WindowSampler, block: int, pool: int, batch_size: int, seed: int) -> None:
-        """``block``: frames per block (the read unit); ``pool``: blocks whose windows are shuffled together."""
-        if block < 1 or pool < 1:
-            raise ValueError(f"block ({block}) and pool ({pool}) must be >= 1")
-        self.n = len(sampler)
-        self.block, self.pool, self.batch_size, self.seed = block, pool, batch_size, seed
-        # a window belongs to the block of its newest observation frame t
-        block_of = sampler.step_indices() // block  # (N,)
-        _, self.block_index = np.unique(block_of, return_inverse=True)  # (N,) dense block number of each window
-        self.n_blocks = int(self.block_index.max()) + 1
-        self._epoch: int | None = None
-        self._order = np.zeros(0, np.int64)
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """(N,) a permutation of the window ids: blocks shuffled, pools of blocks shuffled within."""
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, STREAM_ORDER_STREAM, epoch])
-            rank = rng.permutation(self.n_blocks)  # (n_blocks,) the place of each block in this epoch
-            pool_of = rank[self.block_index] // self.pool  # (N,) pool of each window
-            self._order = np.lexsort((rng.random(self.n), pool_of))  # by pool, shuffled within
-            self._epoch = epoch
-        return self._order
-
-    def batch_ids(self, step: int) -> np.ndarray:
-        """(batch_size,) sample ids of a step: consecutive slices of the epoch order (incomplete last dropped)."""
-        per_epoch = max(1, self.n // self.batch_size)
-        epoch, pos = divmod(step, per_epoch)
-        order = self.epoch_order(epoch)
-        if self.n < self.batch_size:  # tiny datasets: repeat the order to fill a batch
-            order = np.resize(order, self.batch_size)
-        return order[pos * self.batch_size:(pos + 1) * self.batch_size]
-
-
-# ------------------------------------------------------------------ reading the images
-
-
-class BlockCache:
-    """Image frames read from zarr a block at a time (whole chunks, each decoded once per read), LRU-cached."""
-
-    def __init__(self, rb: ReplayBuffer, keys: Sequence[str], block: int, capacity: int) -> None:
-        """``capacity``: blocks kept (per key); the oldest used is dropped past it."""
-        self.rb, self.keys, self.block, self.capacity = rb, list(keys), block, capacity
-        self.arrays = {k: rb.array(k) for k in self.keys}
-        self.n_steps = rb.n_steps
-        self._blocks: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self.blocks_read = 0  # counters for the benchmark: blocks read and frames decoded
-        self.frames_read = 0
-
-    def _get(self, b: int) -> dict[str, np.ndarray]:
-        hit = self._blocks.get(b)
-        if hit is not None:
-            self._blocks.move_to_end(b)
-            return hit
-        lo, hi = b * self.block, min((b + 1) * self.block, self.n_steps)
-        got = {}
-        for k, arr in self.arrays.items():
-            try:
-                got[k] = np.asarray(arr[lo:hi])  # (hi - lo, H, W, 3)
-            except Exception as e:  # noqa: BLE001 - any codec or store error: name what could not be read
-                raise DatasetError(f"dataset {self.rb.path}: cannot read frames {lo}..{hi - 1} of data/{k} "
-                                   f"({type(e).__name__}: {e}); the store is damaged or incomplete") from e
-        self.blocks_read += 1
-        self.frames_read += hi - lo
-        self._blocks[b] = got
-        while len(self._blocks) > self.capacity:
-            self._blocks.popitem(last=False)
-        return got
-
-    def frames(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Frames at global times ``idx`` (any shape) -> {key: (*idx.shape, H, W, 3)}; each block fetched once."""
-        flat = idx.reshape(-1)
-        out = {k: np.empty((len(flat), *a.shape[1:]), a.dtype) for k, a in self.arrays.items()}
-        blocks = flat // self.block
-        for b in np.unique(blocks):
-            sel = blocks == b
-            got = self._get(int(b))
-            for k in self.keys:
-                out[k][sel] = got[k][flat[sel] - b * self.block]
-        return {k: v.reshape(*idx.shape, *v.shape[1:]) for k, v in out.items()}
-
-
-def read_block_frames(rb: ReplayBuffer, keys: Sequence[str], requested: int) -> int:
-    """Frames per block: ``requested`` rounded up to a whole number of every image array's time chunks."""
-    unit = 1
-    for k in keys:
-        unit = math.lcm(unit, int(rb.array(k).chunks[0]))
-    return max(1, math.ceil(requested / unit)) * unit
-
-
 def stream_check(rb: Any) -> tuple[bool, str]:
     """(can the dataset be streamed, why not): a ``ReplayBuffer`` read as it is stored (no key map)."""
     if not isinstance(rb, ReplayBuffer):
         return False, ("the dataset is read through train.dataset_map (a key map), which maps whole episodes; "
                        "copy it into our format with `python -m policy.data.convert src=... out=...` to stream it")
     return True, ""
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc), 0.0 where it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _proc_private_mb(pid: int) -> float:
-    """Memory a live process holds for itself (Private_Clean + Private_Dirty of /proc/<pid>/smaps_rollup: a forked
-    child's RSS also counts the pages it still shares with its parent) in MiB, 0.0 where it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            return sum(int(x.split()[1]) for x in f if x.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
-    except (OSError, ValueError):
-        return 0.0
-
-
-class _Slots:
-    """``n`` shared-memory buffers, each holding the images of one micro-batch: {key: (b, To, H, W, C) uint8}."""
-
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, Any], n: int,
-                 names: Sequence[str] | None = None) -> None:
-        """``shapes``: the largest micro-batch's shape per key; ``names``: attach to existing buffers (the loader)."""
-        from multiprocessing import shared_memory
-
-        self.shapes, self.dtypes = dict(shapes), {k: np.dtype(v) for k, v in dtypes.items()}
-        self.offsets, size = {}, 0
-        for k, shape in self.shapes.items():
-            self.offsets[k] = size
-            size += math.prod(shape) * self.dtypes[k].itemsize
-        self.owner = names is None
-        if names is None:
-            self.shm = [shared_memory.SharedMemory(create=True, size=max(1, size)) for _ in range(n)]
-        else:  # the loader attaches; the training process owns (and unlinks) the buffers. Both share one resource
-            # tracker (forked or spawned), which unlinks whatever is left if the training process dies
-            self.shm = [shared_memory.SharedMemory(name=x) for x in names]
-        self.names = [m.name for m in self.shm]
-
-    def view(self, slot: int, key: str, b: int) -> np.ndarray:
-        """(b, ...) the first ``b`` samples of ``key`` in buffer ``slot`` (no copy)."""
-        shape = self.shapes[key]
-        full = np.ndarray(shape, self.dtypes[key], buffer=self.shm[slot].buf, offset=self.offsets[key])
-        return full[:b]
-
-    def close(self) -> None:
-        for m in self.shm:
-            try:
-                m.close()
-                if self.owner:
-                    m.unlink()
-            except (OSError, BufferError):
-                pass
-        self.shm = []
-
-
-def _loader_main(path: str, image_keys: list[str], sampler: WindowSampler, order: BlockOrder, shards: list[int],
-                 n_shards: int, capacity: int, step: int, slot_spec: tuple, free_q: Any, ready_q: Any, stop: Any,
-                 parent: int) -> None:
-    """The loader process: the images of this process's shards of steps ``step, step + 1, ...`` into free slots;
-    ``(step, m, slot, b)`` on ``ready_q`` for each, ``(None, None, None, (name, message, traceback))`` on an
-    error. Returns when ``stop`` is set or the training process ``parent`` is gone."""
-    slots = None
-    try:
-        slots = _Slots(*slot_spec)
-        cache = BlockCache(ReplayBuffer.open(path), image_keys, order.block, capacity)
-        while not stop.is_set():
-            ids = order.batch_ids(step)  # (batch_size,) the global batch
-            for m, k in enumerate(shards):
-                frames = cache.frames(sampler.indices(ids[k::n_shards])["obs"])  # {key: (b, To, H, W, C)}
-                while True:  # a free slot, or stop
-                    if stop.is_set() or os.getppid() != parent:
-                        return
-                    try:
-                        slot = free_q.get(timeout=0.2)
-                        break
-                    except queue.Empty:
-                        continue
-                b = 0
-                for key, v in frames.items():
-                    b = len(v)
-                    slots.view(slot, key, b)[...] = v
-                ready_q.put((step, m, slot, b))
-            step += 1
-    except BaseException as e:  # noqa: BLE001 - handed to the training process, which raises it
-        ready_q.put((None, None, None, (type(e).__name__, str(e), traceback.format_exc())))
-    finally:
-        if slots is not None:
-            slots.close()
 
 
 class StreamedData:
@@ -358,12 +171,10 @@ class StreamedData:
         # a pool, and a few blocks before it (frames of multi-frame windows that start in the previous block)
         self.cache = BlockCache(rb, self.image_keys, order.block, capacity=pool + 4)
         self._val_cache = BlockCache(rb, self.image_keys, order.block, capacity=8)
-        self._queue: Any = None
+        self._queue: queue.Queue | None = None  # the thread loader's batches
         self._thread: threading.Thread | None = None
-        self._stop: Any = threading.Event()
-        self._proc: Any = None  # the loader process
-        self._free: Any = None  # its queue of free slots
-        self._slots: _Slots | None = None
+        self._stop = threading.Event()
+        self._proc: LoaderProcess | None = None
         self._next: tuple[int, int] | None = None  # (step, micro-batch) the queue holds next
         self._switch_interval = sys.getswitchinterval()
         self.wait_seconds = 0.0  # time the training thread waited for a batch (the loader fell behind)
@@ -409,7 +220,8 @@ class StreamedData:
         """(Re)start the loader at ``step``, micro-batch 0."""
         self.close()
         if self.loader == "process":
-            self._start_process(step)
+            self._proc = LoaderProcess(str(self.rb.path), self.cache.arrays, self.sampler, self.order, self.shards,
+                                       self.n_shards, self.cache.capacity, self.prefetch, step)
         else:
             # while the loader runs, the training thread gets the GIL back within 0.5 ms of asking instead of 5 ms
             self._switch_interval = sys.getswitchinterval()
@@ -421,52 +233,18 @@ class StreamedData:
             self._thread.start()
         self._next = (step, 0)
 
-    def _start_process(self, step: int) -> None:
-        arrays = self.cache.arrays
-        b = -(-self.order.batch_size // self.n_shards)  # the largest micro-batch
-        To = self.sampler.n_obs_steps
-        shapes = {k: (b, To, *a.shape[1:]) for k, a in arrays.items()}
-        dtypes = {k: a.dtype for k, a in arrays.items()}
-        n = self.prefetch + 1  # the batches read ahead, and the one being copied out
-        self._slots = _Slots(shapes, dtypes, n)
-        # fork on Linux: the child starts at once and shares the sampler's arrays (zarr resets its IO loop in a
-        # forked child); spawn elsewhere (fork is unsafe on macOS)
-        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-        self._free, self._queue, self._stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-        for i in range(n):
-            self._free.put(i)
-        spec = (shapes, dtypes, n, self._slots.names)
-        self._proc = ctx.Process(target=_loader_main, name="stream-loader", daemon=True, args=(
-            str(self.rb.path), self.image_keys, self.sampler, self.order, self.shards, self.n_shards,
-            self.cache.capacity, step, spec, self._free, self._queue, self._stop, os.getpid()))
-        self._proc.start()
-
     def _from_process(self) -> tuple[int, int, dict[str, Any]]:
         """The next (step, micro-batch, batch) from the loader process: its images, low-dim arrays gathered here."""
-        while True:
-            try:
-                got_step, got_m, slot, b = self._queue.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if not self._proc.is_alive():
-                    code = self._proc.exitcode
-                    why = " (killed by a signal: out of memory?)" if code is not None and code < 0 else ""
-                    self.close()
-                    raise RuntimeError(f"the stream loader process (train.stream_loader=process) exited with code "
-                                       f"{code}{why} without handing over a batch; train.stream_loader=thread "
-                                       f"reads in this process instead") from None
-        if got_step is None:  # an error in the loader: raise it here, with its traceback
-            name, message, tb = b
+        assert self._proc is not None
+        try:
+            step, m, images = self._proc.get()
+        except BaseException:
             self.close()
-            err = DatasetError if name == "DatasetError" else RuntimeError
-            raise err(f"{message}" if err is DatasetError else f"stream loader process: {name}: {message}") \
-                from RuntimeError(f"in the loader process:\n{tb}")
-        ids = self.order.batch_ids(got_step)[self.shards[got_m]::self.n_shards]
-        raw = self.sampler.gather(self.lowdim, ids, self.lowdim_keys)
-        assert self._slots is not None
-        raw.update((k, self._slots.view(slot, k, b).copy()) for k in self.image_keys)
-        self._free.put(slot)
-        return got_step, got_m, self._pinned(raw)
+            raise
+        raw = self.sampler.gather(self.lowdim, self.order.batch_ids(step)[self.shards[m]::self.n_shards],
+                                  self.lowdim_keys)
+        raw.update(images)
+        return step, m, self._pinned(raw)
 
     def train_batch(self, step: int, m: int) -> dict[str, Any]:
         """Micro-batch ``m`` of step ``step`` for this process: {k: (B / n_shards, To, ...), ...}."""
@@ -479,7 +257,7 @@ class StreamedData:
         if self.loader == "process":
             got_step, got_m, item = self._from_process()
         else:
-            got_step, got_m, item = self._queue.get()
+            got_step, got_m, item = self._queue.get()  # type: ignore[union-attr]
         self.wait_seconds += time.perf_counter() - t0
         if got_step is None:
             raise item
@@ -489,8 +267,7 @@ class StreamedData:
     def loader_cpu_seconds(self) -> float:
         """CPU seconds the loader processes of this run have used (0.0 for the thread loader, whose CPU time is
         this process's)."""
-        live = _proc_cpu_seconds(self._proc.pid) if self._proc is not None and self._proc.is_alive() else 0.0
-        return self._loader_cpu + live
+        return self._loader_cpu + (self._proc.cpu_seconds() if self._proc is not None else 0.0)
 
     def close(self) -> None:
         """Stop the loader (a thread finishes the batch it is building; a process is stopped, or killed after 5 s)."""
@@ -500,21 +277,10 @@ class StreamedData:
             self._thread = None
             sys.setswitchinterval(self._switch_interval)
         if self._proc is not None:
-            pid = self._proc.pid
-            self._loader_cpu += _proc_cpu_seconds(pid)
-            self.loader_private_mb = max(self.loader_private_mb, _proc_private_mb(pid))
-            self._stop.set()
-            self._proc.join(timeout=5.0)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join()
-            for q in (self._queue, self._free):
-                q.cancel_join_thread()
-                q.close()
-            self._proc = self._queue = self._free = None
-        if self._slots is not None:
-            self._slots.close()
-            self._slots = None
+            self._loader_cpu += self._proc.cpu_seconds()
+            self.loader_private_mb = max(self.loader_private_mb, self._proc.private_mb())
+            self._proc.close()
+            self._proc = None
         self._next = None
 
     def __del__(self) -> None:

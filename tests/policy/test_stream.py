@@ -215,8 +215,8 @@ def test_a_loader_process_that_dies_is_named_not_waited_for(tmp_path):
     order = BlockOrder(sampler, block=8, pool=2, batch_size=4, seed=0)
     data = _streamed(rb, sampler, order, loader="process")
     data.train_batch(0, 0)
-    os.kill(data._proc.pid, signal.SIGKILL)  # as the kernel's OOM killer would
-    data._proc.join()
+    os.kill(data._proc.proc.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    data._proc.proc.join()
     with pytest.raises(RuntimeError, match=r"stream loader process .* exited with code -9 .*out of memory"):
         for step in range(1, 50):  # the batches already handed over may still come; then the error, not a hang
             data.train_batch(step, 0)
