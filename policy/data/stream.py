@@ -159,7 +159,7 @@ class StreamedData:
     def __init__(self, rb: ReplayBuffer, lowdim: Mapping[str, np.ndarray], image_keys: Sequence[str],
                  lowdim_keys: Sequence[str], train_sampler: WindowSampler, order: BlockOrder,
                  shards: Sequence[int], n_shards: int, prefetch: int, pool: int, pin: bool,
-                 loader: str = "process") -> None:
+                 loader: str = "thread") -> None:
         """``lowdim``: loaded arrays (low-dim obs keys and ``action``); ``shards``: this process's shard
         indices k of a global batch (it builds ``ids[k::n_shards]`` of each), in micro-batch order;
         ``loader``: "process" or "thread" (``train.stream_loader``)."""
