@@ -43,9 +43,9 @@ from policy.data.storage import (  # re-exported: the dataset contract's names l
     STREAM_LAYOUT,
     DatasetError,
     ImageLayout,
-    _codec,
-    _is_image,
+    blosc_codec,
     check_spec,
+    is_image_array,
     storage_dtype,
 )
 
@@ -318,11 +318,11 @@ class ReplayBuffer:
 
     def _create_array(self, k: str, a: np.ndarray) -> None:
         """An empty array for key ``k`` of ``a``'s frame shape and dtype; images in ``self.layout``."""
-        image = _is_image(a)
+        image = is_image_array(a)
         chunks = (self.layout.chunk if image else LOWDIM_CHUNK, *a.shape[1:])
         shards = (self.layout.shard, *a.shape[1:]) if image and self.layout.shard else None
         self._arrays[k] = self._data.create_array(k, shape=(0, *a.shape[1:]), dtype=a.dtype, chunks=chunks,
-                                                  shards=shards, fill_value=0, compressors=_codec(image))
+                                                  shards=shards, fill_value=0, compressors=blosc_codec(image))
 
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> int:
         """Append and commit one episode {key: (T, *frame_shape)}; returns its episode index."""

@@ -34,7 +34,7 @@ class ImageLayout:
 STREAM_LAYOUT = ImageLayout(chunk=64, shard=1024)
 
 
-def _codec(image: bool) -> BloscCodec:
+def blosc_codec(image: bool) -> BloscCodec:
     """A fresh Blosc zstd codec: bit shuffle for uint8 frames, byte shuffle for low-dim arrays."""
     return BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle" if image else "shuffle")
 
@@ -43,7 +43,7 @@ class DatasetError(ValueError):
     """A dataset is missing, malformed, or an episode does not fit it."""
 
 
-def _is_image(arr: np.ndarray) -> bool:
+def is_image_array(arr: np.ndarray) -> bool:
     """True for (T, H, W, 3) uint8 arrays."""
     return arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3
 
