@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore, ZipStore
 
-from policy.data.storage import (  # re-exported: the dataset contract's names live with the buffer
+from policy.data.storage import (  # the public names are re-exported (__all__): callers import them from here
     LOWDIM_CHUNK,
     STREAM_LAYOUT,
     DatasetError,

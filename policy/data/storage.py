@@ -1,6 +1,6 @@
 """How a dataset's arrays are stored: dtypes, codecs, the image chunk layout, and the checks that name
-what is wrong with a dataset (``DatasetError``). Shared by ``ReplayBuffer`` (``policy.data.replay_buffer``)
-and the streaming loader (``policy.data.stream``)."""
+what is wrong with a dataset (``DatasetError``). Used by ``ReplayBuffer``; ``policy.data.replay_buffer``
+re-exports the public names, and the rest of the project imports them from there."""
 
 from __future__ import annotations
 
