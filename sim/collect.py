@@ -56,6 +56,10 @@ class CollectConfig:
     image_width: int = 96
     env: dict[str, Any] = field(default_factory=dict)  # task config overrides, e.g. {randomization: {light: 0.3}}
     demonstrator: str = ""  # "module:callable"(env) -> demonstrator; required for task=gym, else the task's own
+    # DART noise injection: std (m, x y z) of smooth AR(1) noise on the executed target position; the recorded
+    # action stays the demonstrator's (built-in tasks; [0, 0, 0]: off)
+    action_noise: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    action_noise_rho: float = 0.8  # the noise's correlation from one tick to the next, in [0, 1)
     gym: GymConfig = field(default_factory=GymConfig)  # a third-party env (task=gym, or any non-empty gym.id)
 
     def __post_init__(self) -> None:
@@ -70,6 +74,9 @@ class CollectConfig:
                 raise ValueError("demonstrator: task=gym needs demonstrator=<module:callable>(env) -> demonstrator")
             if self.env:
                 raise ValueError("env: task overrides do not apply to task=gym; pass the env's arguments as gym.kwargs")
+            if any(self.action_noise):
+                raise ValueError("action_noise: noise injection needs a built-in task (the position part of a mapped "
+                                 "env's action is not known); leave it at [0, 0, 0] for task=gym")
         elif self.task not in TASKS:
             raise ValueError(f"task: unknown task {self.task!r}; known: {', '.join(sorted(TASKS))}, {GYM}")
         if self.demonstrator and self.demonstrator.count(":") != 1:
@@ -87,6 +94,9 @@ class CollectConfig:
         if self.task != GYM:  # unknown or bad env keys fail here, in the parent
             from_dict(TASKS[self.task].cfg_cls, {**self.env, "image_height": self.image_height,
                                                  "image_width": self.image_width}, "env")
+        from sim.rollout import ActionNoise
+
+        ActionNoise(self.action_noise, self.action_noise_rho)  # bad values fail here, in the parent
         if self.image_height < 1 or self.image_width < 1:
             raise ValueError(f"image_height/image_width must be >= 1, got {self.image_height}x{self.image_width}")
 
@@ -119,9 +129,11 @@ def make_collect_env(cfg: CollectConfig) -> Any:
     return make_env(cfg.task, {**cfg.env, "image_height": size[0], "image_width": size[1]})
 
 
-def rollout_episode(env: Any, seed: int, demo: Any = None) -> tuple[int, bool, dict[str, np.ndarray]]:
+def rollout_episode(env: Any, seed: int, demo: Any = None,
+                    noise: Any = None) -> tuple[int, bool, dict[str, np.ndarray]]:
     """One demonstration from ``seed`` (``demo``: default the task's scripted demonstrator; required for a
-    mapped env): (seed, success, episode dict of the observation keys, ``action`` and ``timestamp``)."""
+    mapped env; ``noise``: a ``sim.rollout.ActionNoise`` on the executed actions of a built-in task): (seed,
+    success, episode dict of the observation keys, ``action`` and ``timestamp``)."""
     from sim.gym_adapter import GymAdapter, rollout_gym
 
     if isinstance(env, GymAdapter):
@@ -129,7 +141,7 @@ def rollout_episode(env: Any, seed: int, demo: Any = None) -> tuple[int, bool, d
     else:
         from sim.rollout import rollout
 
-        res, hz = rollout(env, seed, demo), env.unwrapped.cfg.control_hz
+        res, hz = rollout(env, seed, demo, noise=noise), env.unwrapped.cfg.control_hz
     obs = res["obs"]
     episode = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
     episode[keys.ACTION] = np.asarray(res["actions"], dtype=np.float32)
@@ -146,7 +158,12 @@ def collect_one(job: tuple[int, str]) -> tuple[int, bool, dict[str, np.ndarray]]
         from sim.gym_adapter import load_callable
 
         demo = load_callable(cfg.demonstrator, "demonstrator")(env)
-    return rollout_episode(env, seed, demo)
+    noise = None
+    if any(cfg.action_noise):
+        from sim.rollout import ActionNoise
+
+        noise = ActionNoise(cfg.action_noise, cfg.action_noise_rho)
+    return rollout_episode(env, seed, demo, noise)
 
 
 def episode_spec(cfg: CollectConfig) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -206,11 +223,17 @@ def _write_info(out: Path, cfg: CollectConfig) -> None:
     from policy.config_utils import to_dict
 
     info = {"task": cfg.task, "image_height": cfg.image_height, "image_width": cfg.image_width, "env": cfg.env}
+    if any(cfg.action_noise):
+        info.update(action_noise=list(cfg.action_noise), action_noise_rho=cfg.action_noise_rho)
     if cfg.task == GYM:
         info.update(gym=to_dict(cfg.gym), demonstrator=cfg.demonstrator)
     old = read_info(out)
     if old and old.get("task") != cfg.task:
         raise DatasetError(f"out={out}: holds demos of task {old.get('task')!r}, not {cfg.task!r}; choose a new path")
+    noise = (info.get("action_noise"), info.get("action_noise_rho"))
+    if old and (old.get("action_noise"), old.get("action_noise_rho")) != noise:
+        raise DatasetError(f"out={out}: holds demos collected with action_noise {old.get('action_noise')} (rho "
+                           f"{old.get('action_noise_rho')}), not {noise[0]} (rho {noise[1]}); choose a new path")
     if old and cfg.task == GYM and old.get("gym", {}).get("id") != cfg.gym.id:
         raise DatasetError(f"out={out}: holds demos of gym env {old.get('gym', {}).get('id')!r}, not {cfg.gym.id!r}")
     tmp = out / (INFO_FILE + ".tmp")

@@ -92,3 +92,58 @@ def test_task_overrides_reach_the_env_and_bad_ones_fail_in_the_parent(tmp_path):
     summary = collect(_cfg(tmp_path / "b.zarr", episodes=1, workers=1, env={"cube_half": 0.015}), progress=False)
     assert summary["kept"] == 1
     assert json.loads((tmp_path / "b.zarr" / "collect_info.json").read_text())["env"] == {"cube_half": 0.015}
+
+
+def test_action_noise_perturbs_what_is_executed_not_what_is_recorded():
+    """DART: the env executes the demonstrator's action plus smooth noise on the position; the demo records the
+    demonstrator's own action, and the same seed gives the same noise."""
+    from sim.rollout import ActionNoise, rollout
+    from sim.tasks import make_env
+
+    env = make_env("push_t", {"image_height": H, "image_width": W})
+    executed = []
+    step = env.step
+
+    def spy(action):
+        executed.append(np.array(action, copy=True))
+        return step(action)
+
+    env.step = spy
+    noise = ActionNoise([0.005, 0.005, 0.002], 0.8)
+    res = rollout(env, 3, max_steps=40, keep_obs=False, noise=noise)
+    recorded, done = res["actions"], np.stack(executed)
+    offset = done - recorded
+    assert np.all(offset[:, keys.ACTION_LAYOUT.position.stop:] == 0)  # rotation and gripper untouched
+    pos = offset[:, keys.ACTION_LAYOUT.position]
+    assert np.all(np.abs(pos).max(axis=0) > 0) and np.abs(pos).max() < 0.05
+    assert np.corrcoef(pos[:-1, 0], pos[1:, 0])[0, 1] > 0.5  # smooth (AR(1), rho 0.8), not white
+    noise.reset(3)
+    again = np.stack([noise.apply(np.zeros(keys.ACTION_DIM, np.float32)) for _ in range(len(recorded))])
+    np.testing.assert_allclose(again[:, keys.ACTION_LAYOUT.position], pos, atol=1e-6)  # seeded by the episode
+    noise.reset(4)
+    assert not np.allclose(noise.apply(np.zeros(keys.ACTION_DIM, np.float32))[:3], pos[0])
+
+    executed.clear()
+    quiet = rollout(env, 3, max_steps=40, keep_obs=False, noise=ActionNoise([0.0, 0.0, 0.0], 0.8))
+    np.testing.assert_array_equal(np.stack(executed), quiet["actions"])  # zero noise: executed as recorded
+
+
+def test_action_noise_config_and_provenance(tmp_path):
+    with pytest.raises(ConfigError, match="std"):
+        _cfg(tmp_path / "a.zarr", action_noise=[0.01, -0.01, 0.0])
+    with pytest.raises(ConfigError, match="std"):
+        _cfg(tmp_path / "a.zarr", action_noise=[0.01, 0.01])
+    with pytest.raises(ConfigError, match="rho"):
+        _cfg(tmp_path / "a.zarr", action_noise=[0.01, 0.01, 0.0], action_noise_rho=1.0)
+    with pytest.raises(ConfigError, match="action_noise.*built-in task"):
+        from_dict(CollectConfig, {"out": str(tmp_path / "g.zarr"), "gym": {"id": "x.y:Z", "obs": {"scene_rgb": "pixels"}},
+                                  "demonstrator": "a:b",
+                                  "action_noise": [0.01, 0.0, 0.0]})
+    out = tmp_path / "noisy.zarr"
+    summary = collect(_cfg(out, episodes=1, workers=1, action_noise=[0.004, 0.004, 0.001]), progress=False)
+    assert summary["kept"] == 1
+    info = json.loads((out / "collect_info.json").read_text())
+    assert info["action_noise"] == [0.004, 0.004, 0.001] and info["action_noise_rho"] == 0.8
+    with pytest.raises(DatasetError, match="action_noise"):  # one buffer, one way of collecting
+        collect(_cfg(out, episodes=1, seed=1, workers=1), progress=False)
+    assert ReplayBuffer.open(out).n_episodes == 1
