@@ -136,8 +136,8 @@ def test_action_noise_config_and_provenance(tmp_path):
     with pytest.raises(ConfigError, match="rho"):
         _cfg(tmp_path / "a.zarr", action_noise=[0.01, 0.01, 0.0], action_noise_rho=1.0)
     with pytest.raises(ConfigError, match="action_noise.*built-in task"):
-        from_dict(CollectConfig, {"out": str(tmp_path / "g.zarr"), "gym": {"id": "x.y:Z", "obs": {"scene_rgb": "pixels"}},
-                                  "demonstrator": "a:b",
+        from_dict(CollectConfig, {"out": str(tmp_path / "g.zarr"), "demonstrator": "a:b",
+                                  "gym": {"id": "x.y:Z", "obs": {"scene_rgb": "pixels"}},
                                   "action_noise": [0.01, 0.0, 0.0]})
     out = tmp_path / "noisy.zarr"
     summary = collect(_cfg(out, episodes=1, workers=1, action_noise=[0.004, 0.004, 0.001]), progress=False)
