@@ -128,7 +128,8 @@ def load_spec(path: str | Path):
     path = resolve_checkpoint_dir(path)
     p = load_config(path).policy
     return PolicySpec(p.n_obs_steps, p.chunk_len, p.action_dim, obs_keys(p),
-                      control_hz=read_control_hz(path), action_space=p.action_space_spec())
+                      control_hz=read_control_hz(path), action_space=p.action_space_spec(),
+                      history_steps=p.history_steps or None)
 
 
 def read_control_hz(path: Path) -> float | None:

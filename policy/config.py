@@ -120,6 +120,8 @@ class PolicyConfig:
     n_obs_steps: int = 1  # To: observation frames (and sent actions) the policy is conditioned on
     chunk_len: int = 16  # Tp: actions per predicted chunk; chunk[i] is for t_obs + i * dt
     use_action_history: bool = True
+    action_history_steps: int | None = None  # Th: actions sent before the newest frame that the policy sees;
+    # null: n_obs_steps (one per frame). More than To gives a one-frame policy its own recent motion.
     action_space: str = "absolute"  # absolute (target pose + gripper) | delta (deltas, velocities): the
     # action-history pad before the first action (policy.action_space): measured ee_pose + gripper | hold_action
     hold_action: tuple[float, ...] | None = None  # delta only: the action that holds still (A,); null: zeros
@@ -145,6 +147,8 @@ class PolicyConfig:
             need(d >= 1, f"policy.lowdim_dims.{k} must be >= 1, got {d}")
         need(self.action_dim >= 1, f"policy.action_dim must be >= 1, got {self.action_dim}")
         need(self.n_obs_steps >= 1, f"policy.n_obs_steps must be >= 1, got {self.n_obs_steps}")
+        need(self.action_history_steps is None or self.action_history_steps >= 1,
+             f"policy.action_history_steps must be >= 1 or null (n_obs_steps), got {self.action_history_steps}")
         need(self.action_space in ACTION_SPACES,
              f"policy.action_space must be one of {ACTION_SPACES}, got {self.action_space!r}")
         need(self.hold_action is None or (self.action_space == "delta" and len(self.hold_action) == self.action_dim),
@@ -169,6 +173,13 @@ class PolicyConfig:
         need(self.chunk_len >= 2 ** levels and self.chunk_len % (2 ** levels) == 0,
               f"policy.chunk_len must be divisible by 2**(len(unet.down_dims)-1) = {2 ** levels}, "
               f"got {self.chunk_len}")
+
+    @property
+    def history_steps(self) -> int:
+        """Th: sent actions in a window (0 without the action-history condition)."""
+        if not self.use_action_history:
+            return 0
+        return self.n_obs_steps if self.action_history_steps is None else self.action_history_steps
 
     def action_space_spec(self) -> ActionSpace:
         """The action space (its history pad) that training and the runtime share."""

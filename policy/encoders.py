@@ -142,8 +142,9 @@ class ObsEncoder(nn.Module):
     """Normalized observation window -> global condition (B, out_dim).
 
     Inputs: images (B, To, H, W, 3) uint8 per camera key, low-dim keys (B, To, D) and
-    ``action_history`` (B, To, A) already normalized. Image features per frame are concatenated
-    with the low-dim features and the action history, then flattened over time. Images are cropped at
+    ``action_history`` (B, Th, A) already normalized. Image features per frame are concatenated
+    with the low-dim features and the action history (when Th == To), then flattened over time; a history of
+    another length is flattened and appended. Images are cropped at
     random in training mode (``self.training``; ``generator`` makes the crops repeatable) and centred in
     eval mode, as LeRobot's ``DiffusionRgbEncoder``; ``encoder.color_jitter`` > 0 also jitters brightness
     and contrast in training mode.
@@ -154,8 +155,11 @@ class ObsEncoder(nn.Module):
         self.cfg = cfg
         self.cameras = nn.ModuleDict({k: ImageEncoder(cfg.encoder, load_pretrained) for k in cfg.image_keys})
         per_step = len(cfg.image_keys) * cfg.encoder.feature_dim + sum(cfg.lowdim_dims.values())
-        per_step += cfg.action_dim if cfg.use_action_history else 0
-        self.out_dim = cfg.n_obs_steps * per_step
+        # one history entry per frame (Th == To) joins its frame's features; a history of another length follows
+        # the flattened frames
+        self.history_per_step = cfg.use_action_history and cfg.history_steps == cfg.n_obs_steps
+        per_step += cfg.action_dim if self.history_per_step else 0
+        self.out_dim = cfg.n_obs_steps * per_step + (0 if self.history_per_step else cfg.history_steps * cfg.action_dim)
 
     def forward(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         from policy.keys import ACTION_HISTORY
@@ -172,6 +176,9 @@ class ObsEncoder(nn.Module):
                 x = jitter_colors(x, self.cfg.encoder.color_jitter, generator)
             parts.append(encoder(x.contiguous()).reshape(b, t, -1))  # (B, To, F)
         parts += [obs[k] for k in self.cfg.lowdim_dims]  # (B, To, D)
-        if self.cfg.use_action_history:
+        if self.history_per_step:
             parts.append(obs[ACTION_HISTORY])  # (B, To, A)
-        return torch.cat(parts, dim=-1).flatten(1)  # (B, To * per_step)
+        out = torch.cat(parts, dim=-1).flatten(1)  # (B, To * per_step)
+        if self.cfg.use_action_history and not self.history_per_step:
+            out = torch.cat([out, obs[ACTION_HISTORY].flatten(1)], dim=-1)  # + (B, Th * A)
+        return out

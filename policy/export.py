@@ -109,7 +109,8 @@ def example_inputs(cfg: Any, normalizer: Any, batch: int = 1, seed: int = 0) -> 
             out[k] = rng.integers(0, 256, (batch, cfg.n_obs_steps, *cfg.image_shape, 3), dtype=np.uint8)
         else:
             s = normalizer.stats[k if k in cfg.lowdim_dims else keys_.ACTION]
-            u = rng.uniform(0, 1, (batch, cfg.n_obs_steps, len(s["min"])))
+            steps = cfg.history_steps if k == keys_.ACTION_HISTORY else cfg.n_obs_steps
+            u = rng.uniform(0, 1, (batch, steps, len(s["min"])))
             out[k] = (s["min"] + u * (s["max"] - s["min"])).astype(np.float32)
     if keys_.ACTION_HISTORY in out:  # the statistics are in the network's frame, a window holds absolute actions
         out[keys_.ACTION_HISTORY] = from_network_frame(out[keys_.ACTION_HISTORY], out, cfg)

@@ -76,7 +76,8 @@ def exported_spec(path: str | Path) -> PolicySpec:
     cfg, meta, _ = load_exported(path)
     p, hz = cfg.policy, meta.get("control_hz")
     return PolicySpec(p.n_obs_steps, p.chunk_len, p.action_dim, obs_keys(p),
-                      control_hz=None if hz is None else float(hz), action_space=p.action_space_spec())
+                      control_hz=None if hz is None else float(hz), action_space=p.action_space_spec(),
+                      history_steps=p.history_steps or None)
 
 
 def _providers(device: str) -> list[str]:
@@ -131,6 +132,7 @@ class OnnxPolicy:
         self.action_space = self.cfg.action_space_spec()
         c = self.cfg
         self.n_obs_steps, self.chunk_len, self.action_dim = c.n_obs_steps, c.chunk_len, c.action_dim
+        self.history_steps = c.history_steps or None  # None: no action history
         self.obs_keys = obs_keys(self.cfg)
         self.rng = np.random.default_rng()
         opts = ort.SessionOptions()
@@ -144,8 +146,9 @@ class OnnxPolicy:
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a corrupt or foreign file
             raise ExportError(f"exported policy file {self.path / ONNX_FILE} cannot be loaded ({e})") from e
         found = {i.name: list(i.shape) for i in self.session.get_inputs()}
-        want = {k: [1, c.n_obs_steps, *((*c.image_shape, 3) if k in c.image_keys else
-                                        (c.lowdim_dims.get(k, c.action_dim),))] for k in self.obs_keys}
+        want = {k: [1, c.history_steps if k == keys.ACTION_HISTORY else c.n_obs_steps,
+                    *((*c.image_shape, 3) if k in c.image_keys else (c.lowdim_dims.get(k, c.action_dim),))]
+                for k in self.obs_keys}
         want[NOISE_INPUT] = [1, c.chunk_len, c.action_dim]
         if found != want:
             raise ExportError(f"{self.path / ONNX_FILE} takes inputs {found}, its config.yaml needs {want}: the "

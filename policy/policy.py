@@ -43,6 +43,7 @@ class Policy:
         self.model = model.to(self.device).eval()
         self.normalizer = normalizer
         self.n_obs_steps = cfg.n_obs_steps
+        self.history_steps = cfg.history_steps or None  # Th (None: no action history)
         self.chunk_len = cfg.chunk_len
         self.action_dim = cfg.action_dim
         self.obs_keys = obs_keys(cfg)

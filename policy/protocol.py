@@ -17,10 +17,11 @@ class ChunkPolicy(Protocol):
 
     ``obs_window`` maps each key in ``obs_keys`` to an array with a leading time axis of
     ``n_obs_steps`` frames, oldest first: camera images (To, H, W, 3) uint8, low-dim state
-    (To, D) float, and ``action_history`` (To, A): the last actions actually sent to the robot
-    before the newest observation (before the first one is sent, training and the runtime fill those
-    entries with ``action_space.pad(ee_pose, gripper)``: the measured pose and gripper width for
-    absolute actions, the hold action for delta actions; ``policy.action_space``).
+    (To, D) float, and ``action_history`` (Th, A), Th = ``history_steps`` (an optional attribute; To when
+    absent): the last actions actually sent to the robot before the newest observation (before the first one
+    is sent, training and the runtime fill those entries with ``action_space.pad(ee_pose, gripper)``: the
+    measured pose and gripper width for absolute actions, the hold action for delta actions;
+    ``policy.action_space``).
     The result is (chunk_len, action_dim) float32 in robot units;
     row ``i`` is meant for ``t_obs + i * dt`` where ``t_obs`` is the newest observation's time.
     """
@@ -107,13 +108,18 @@ class PolicySpec:
     obs_keys: tuple[str, ...]
     control_hz: float | None = None  # the control rate of the training demos (Hz); None: unknown
     action_space: ActionSpace | None = None  # its history pad; None becomes absolute of action_dim
+    history_steps: int | None = None  # Th: sent actions in a window's action_history; None becomes n_obs_steps
 
     def __post_init__(self) -> None:
         if self.action_space is None:
             object.__setattr__(self, "action_space", ActionSpace("absolute", self.action_dim))
+        if self.history_steps is None:
+            object.__setattr__(self, "history_steps", self.n_obs_steps)
 
     @classmethod
     def of(cls, policy: ChunkPolicy) -> PolicySpec:
-        """The spec of a loaded policy; ``control_hz`` and ``action_space`` are optional attributes."""
+        """The spec of a loaded policy; ``control_hz``, ``action_space`` and ``history_steps`` are optional
+        attributes."""
         return cls(policy.n_obs_steps, policy.chunk_len, policy.action_dim, tuple(policy.obs_keys),
-                   getattr(policy, "control_hz", None), getattr(policy, "action_space", None))
+                   getattr(policy, "control_hz", None), getattr(policy, "action_space", None),
+                   getattr(policy, "history_steps", None))

@@ -120,7 +120,7 @@ class Trainer:
             raise ValueError(f"dataset {t.dataset} has no committed episodes")
         self.obs_keys = [k for k in obs_keys(p) if k != keys.ACTION_HISTORY]
         train_ids, val_ids = split_episodes(rb.n_episodes, t.val_fraction, t.seed)
-        hist = p.n_obs_steps if p.use_action_history else 0
+        hist = p.history_steps
         space = p.action_space_spec()  # the history pad at episode starts, shared with the runtime
         mk = lambda ids: WindowSampler(rb.episode_ends, ids, p.n_obs_steps, p.chunk_len, hist, space)  # noqa: E731
         self.train_sampler = mk(train_ids)

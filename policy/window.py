@@ -37,8 +37,9 @@ def check_window(obs: Mapping[str, np.ndarray], cfg: PolicyConfig, batched: bool
             want = (cfg.action_dim,)
         else:
             want = (cfg.lowdim_dims[k],)
-        if a.ndim != lead + len(want) or a.shape[lead - 1] != cfg.n_obs_steps or tuple(a.shape[lead:]) != want:
-            expected = ("B, " if batched else "") + ", ".join(map(str, (cfg.n_obs_steps, *want)))
+        steps = cfg.history_steps if k == keys.ACTION_HISTORY else cfg.n_obs_steps
+        if a.ndim != lead + len(want) or a.shape[lead - 1] != steps or tuple(a.shape[lead:]) != want:
+            expected = ("B, " if batched else "") + ", ".join(map(str, (steps, *want)))
             raise ValueError(f"observation {k!r}: expected shape ({expected}), got {a.shape}")
         if k in cfg.image_keys:
             if a.dtype != np.uint8:

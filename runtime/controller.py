@@ -159,7 +159,7 @@ class Controller:
         self._target: np.ndarray | None = None  # the buffer's target of this tick (before safety), None: a hold
         self.reader = ObservationReader(robot, self.cameras)
         self._obs: deque[dict[str, np.ndarray]] = deque(maxlen=policy.n_obs_steps)
-        self._history: deque[np.ndarray] = deque(maxlen=policy.n_obs_steps)
+        self._history: deque[np.ndarray] = deque(maxlen=policy.history_steps)
         self._failures = 0  # failed inferences in a row
         self._rejected = 0  # rejected actions in a row
         self._submitted: tuple[float, int] | None = None  # (clock time, obs tick) of the request in flight

@@ -104,7 +104,8 @@ def neutral_window(policy: Any) -> dict[str, np.ndarray]:
         if k in cfg.image_keys:
             out[k] = np.full((to, *cfg.image_shape, 3), 128, np.uint8)
         elif k == keys.ACTION_HISTORY:
-            out[k] = np.repeat(policy.action_space.pad(pose[LAYOUT.pose], width)[None], to, 0).astype(np.float32)
+            th = cfg.history_steps
+            out[k] = np.repeat(policy.action_space.pad(pose[LAYOUT.pose], width)[None], th, 0).astype(np.float32)
         elif k == keys.EE_POSE:
             out[k] = np.repeat(pose[None], to, 0)
         elif k == keys.GRIPPER:

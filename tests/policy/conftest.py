@@ -44,11 +44,13 @@ def tiny_dataset(tmp_path):
     return path
 
 
-def window_from_episode(ep: dict[str, np.ndarray], t: int, n_obs: int, keys_: list[str]) -> dict[str, np.ndarray]:
-    """Observation window ending at step t with edge padding, as the sampler builds it: history entries
-    before the episode start are the measured first pose and gripper (absolute actions)."""
+def window_from_episode(ep: dict[str, np.ndarray], t: int, n_obs: int, keys_: list[str],
+                        n_hist: int | None = None) -> dict[str, np.ndarray]:
+    """Observation window ending at step t with edge padding, as the sampler builds it: ``n_hist`` (default
+    ``n_obs``) sent actions, history entries before the episode start are the measured first pose and gripper
+    (absolute actions)."""
     obs_idx = np.clip(np.arange(t - n_obs + 1, t + 1), 0, None)
-    hist_t = np.arange(t - n_obs, t)
+    hist_t = np.arange(t - (n_obs if n_hist is None else n_hist), t)
     win = {k: ep[k][obs_idx] for k in keys_}
     pad = np.concatenate([ep["ee_pose"][0], ep["gripper"][0]])  # (A,)
     win["action_history"] = np.where((hist_t < 0)[:, None], pad, ep["action"][np.clip(hist_t, 0, None)])

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OBJECTIVES = {"flow": ObjectiveConfig(name="flow", sampler="euler", num_inference_steps=4),
               "flow_sample": ObjectiveConfig(name="flow", sampler="euler", num_inference_steps=4,
                                              flow_prediction="sample"),  # the net predicts the clean chunk
+              # one frame and three sent actions (policy.action_history_steps): the history input has its own length
+              "flow_history3": ObjectiveConfig(name="flow", sampler="euler", num_inference_steps=4),
               "ddim": ObjectiveConfig(name="ddpm", sampler="ddim", num_inference_steps=4)}
 
 
@@ -42,11 +44,13 @@ def exported(tmp_path_factory):
     prediction) and DDIM checkpoints, the first exported by the command line, the others by ``export_policy``."""
     root = tmp_path_factory.mktemp("export")
     make_synthetic_dataset(root / "demos.zarr", n_episodes=4, episode_len=12, image_shape=(32, 32), seed=0)
-    win = window_from_episode(ReplayBuffer.open(root / "demos.zarr").get_episode(1), 5, 2,
-                              ["scene_rgb", "wrist_rgb", "ee_pose", "gripper"])
+    ep = ReplayBuffer.open(root / "demos.zarr").get_episode(1)
+    keys_ = ["scene_rgb", "wrist_rgb", "ee_pose", "gripper"]
     out = {}
     for name, objective in OBJECTIVES.items():
-        policy = tiny_policy_config(objective=objective)
+        frames = {"n_obs_steps": 1, "action_history_steps": 3} if name == "flow_history3" else {}
+        policy = tiny_policy_config(objective=objective, **frames)
+        win = window_from_episode(ep, 5, frames.get("n_obs_steps", 2), keys_, frames.get("action_history_steps"))
         ckpt = train(tiny_config(root / "demos.zarr", root / name, steps=3, policy=policy))
         dest = root / f"{name}_onnx"
         if name == "flow":

@@ -152,3 +152,37 @@ def test_sampler_can_be_chosen_at_load_but_must_fit_the_objective(trained):
     assert p.num_inference_steps == 2 and p.predict_chunk(win).shape == (8, 10)
     with pytest.raises(ValueError, match="does not fit objective 'flow'"):
         Policy.from_pretrained(ckpt, device="cpu", sampler="ddim")
+
+
+def test_action_history_longer_than_the_frames(tiny_dataset, tmp_path):
+    """policy.action_history_steps=Th > n_obs_steps: training windows, the checkpoint's spec and predict_chunk all
+    use (Th, A) histories; a window with another length is refused, naming the key and the shape."""
+    from policy.checkpoint import load_spec
+    from policy.config import PolicyConfig
+    from policy.config_utils import ConfigError, from_dict
+
+    from .conftest import tiny_policy_config
+
+    with pytest.raises(ConfigError, match="action_history_steps"):
+        from_dict(PolicyConfig, {"action_history_steps": 0})
+    assert from_dict(PolicyConfig, {"n_obs_steps": 2}).history_steps == 2
+    assert from_dict(PolicyConfig, {"action_history_steps": 6}).history_steps == 6
+    assert from_dict(PolicyConfig, {"use_action_history": False, "action_history_steps": 6}).history_steps == 0
+
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", policy=tiny_policy_config(n_obs_steps=1, action_history_steps=4))
+    ckpt = train(cfg)
+    policy = Policy.from_pretrained(ckpt, device="cpu")
+    assert policy.history_steps == 4 and load_spec(ckpt).history_steps == 4
+    ep = ReplayBuffer.open(tiny_dataset).get_episode(1)
+    window = window_from_episode(ep, 5, 1, IMG_KEYS, n_hist=4)
+    assert window["action_history"].shape == (4, 10)
+    np.testing.assert_array_equal(window["action_history"], ep["action"][1:5])
+    chunk = policy.predict_chunk(window, seed=0)
+    assert chunk.shape == (8, 10) and np.all(np.isfinite(chunk))
+    # the history changes the chunk: the network reads all four entries, not only the last
+    older = {**window, "action_history": np.concatenate([window["action_history"][:1] + 0.05,
+                                                         window["action_history"][1:]])}
+    assert not np.allclose(policy.predict_chunk(older, seed=0), chunk)
+    short = {**window, "action_history": window["action_history"][-1:]}
+    with pytest.raises(ValueError, match=r"action_history.*\(1, 4, 10\)|action_history.*\(4, 10\)"):
+        policy.predict_chunk(short)

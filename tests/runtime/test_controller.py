@@ -170,3 +170,17 @@ def test_missing_camera_for_the_policy_is_named():
     with pytest.raises(ValueError, match="scene_rgb"):
         Controller(FakeRobot(clock.now), {}, SimulatedLatencyWorker(policy, clock, 0.0),
                    SafetyLayer(SafetyConfig(), DT), clock)
+
+
+def test_window_holds_as_many_sent_actions_as_the_policy_takes():
+    """policy.action_history_steps: a one-frame policy may see more of its own sent actions than frames; the
+    history starts as the pad (the measured pose) and then holds the last Th commands sent, oldest first."""
+    policy = ScriptedPolicy()
+    policy.n_obs_steps, policy.history_steps = 1, 5
+    ctrl, robot, policy, _ = _setup(latency=0.3, policy=policy)
+    m = ctrl.run(max_ticks=30)
+    sent = {r.tick: r.command for r in m.trace}
+    first, win, k = policy.windows[0], policy.windows[1], policy.obs_ticks[1]
+    assert first["scene_rgb"].shape == (1, 96, 96, 3) and first["action_history"].shape == (5, 10)
+    assert np.all(first["action_history"][:, 0] == pytest.approx(x_at(0)))  # the pad before anything is sent
+    np.testing.assert_allclose(win["action_history"], np.stack([sent[k - i] for i in range(5, 0, -1)]), atol=1e-6)
