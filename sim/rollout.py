@@ -7,33 +7,36 @@ from typing import Any
 import numpy as np
 
 from policy.keys import ACTION_LAYOUT
+from sim.motion import Tremor
 from sim.tasks import make_demonstrator
 
 NOISE_SEED = 0x5EED  # mixed with the episode seed: the noise draws differ from the demonstrator's
 
 
 class ActionNoise:
-    """Smooth noise on the executed target position: an AR(1) process per axis, std ``std`` (3,) m, correlation
-    ``rho`` per tick, drawn from a generator seeded by the episode seed (the same seed gives the same noise)."""
+    """Smooth noise on the executed target position: the demonstrators' ``sim.motion.Tremor`` (an AR(1) process per
+    axis) with std ``std`` (3,) m and correlation ``rho`` per tick, stationary from the first tick, drawn from a
+    generator seeded by the episode seed (the same seed gives the same noise)."""
 
     def __init__(self, std, rho: float):
-        self.std = np.asarray(std, dtype=np.float64)
-        if self.std.shape != (3,) or np.any(self.std < 0) or not np.all(np.isfinite(self.std)):
+        std = np.asarray(std, dtype=np.float64)
+        if std.shape != (3,) or np.any(std < 0) or not np.all(np.isfinite(std)):
             raise ValueError(f"action noise std must be 3 finite numbers >= 0 (m, per axis), got {std}")
         if not 0 <= rho < 1:
             raise ValueError(f"action noise rho must be in [0, 1), got {rho}")
-        self.rho = float(rho)
+        self.tremor = Tremor(1.0, tuple(std), float(rho))  # unit AR(1), scaled per axis by std
         self.reset(0)
 
     def reset(self, seed: int) -> None:
         self.rng = np.random.default_rng([NOISE_SEED, seed])
-        self.value = self.std * self.rng.normal(size=3)  # stationary from the first tick
+        self.tremor.value = self.rng.normal(size=3)  # stationary: the first offset already has the full std
+        self.offset = self.tremor.value * self.tremor.weights
 
     def apply(self, action: np.ndarray) -> np.ndarray:
         """The action to execute: ``action`` with the current offset added to its position; advances one tick."""
         out = np.array(action, dtype=np.float32, copy=True)
-        out[ACTION_LAYOUT.position] += self.value.astype(np.float32)
-        self.value = self.rho * self.value + np.sqrt(1 - self.rho ** 2) * self.std * self.rng.normal(size=3)
+        out[ACTION_LAYOUT.position] += self.offset.astype(np.float32)
+        self.offset = self.tremor.step(self.rng)
         return out
 
 
