@@ -4,7 +4,9 @@
         [--minutes 30,60] [--demos 100] [--episodes 100] [--workers 1] [--work DIR]
         [--set policy.objective.flow_prediction=sample ...] [--tag NAME] [--results FILE.json] [--out FILE.json]
 
-Per task, ``--demos`` demos are collected once (``sim.collect``, seeds 0..; kept under ``--work``). For each
+Per task, ``--demos`` demos are collected once (``sim.collect`` with its defaults, seeds 0..; kept under
+``--work``; a folder that already holds them is reused, and how they were collected, ``action_noise``, is
+reported). For each
 budget in ``--minutes`` a fresh run of the default CPU policy (configs/policy/cpu_default.yaml, with the
 ``--set`` overrides: a lever) trains on ``--threads`` torch threads until that many CPU-minutes of training
 steps (``train.budget_clock=cpu``: other load on the machine does not shrink the budget), its cosine LR spread
@@ -66,7 +68,7 @@ def apply_overrides(policy: dict[str, Any], train: dict[str, Any], sets: list[st
 def run_task(task: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from policy.data.replay_buffer import ReplayBuffer
     from policy.train import train
-    from sim.collect import CollectConfig, collect
+    from sim.collect import CollectConfig, collect, read_info
     from sim.evaluate import EvalConfig, evaluate
 
     data = work / f"{task}_demos.zarr"
@@ -76,6 +78,9 @@ def run_task(task: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                           "workers": args.workers}))
     name = f"{task}_{args.tag}" if args.tag else task
     res: dict[str, Any] = {f"{name}_overrides": " ".join(args.set) or "none (the default recipe)"}
+    info = read_info(data)  # how the demos were collected (DART noise or none)
+    res[f"{name}_demos_action_noise"] = info.get("action_noise", [0.0, 0.0, 0.0])
+    res[f"{name}_demos_action_noise_rho"] = info.get("action_noise_rho")
     for minutes in args.minutes:
         pol = load_default_policy_dict()
         tcfg: dict[str, Any] = {"dataset": str(data), "steps": 1_000_000, "max_minutes": minutes,

@@ -11,7 +11,7 @@ import pytest
 from policy import keys
 from policy.config_utils import ConfigError, from_dict
 from policy.data.replay_buffer import DatasetError, ReplayBuffer
-from sim.collect import SEEDS_FILE, CollectConfig, collect
+from sim.collect import DEFAULT_ACTION_NOISE, SEEDS_FILE, CollectConfig, collect
 
 H = W = 32
 
@@ -147,3 +147,25 @@ def test_action_noise_config_and_provenance(tmp_path):
     with pytest.raises(DatasetError, match="action_noise"):  # one buffer, one way of collecting
         collect(_cfg(out, episodes=1, seed=1, workers=1), progress=False)
     assert ReplayBuffer.open(out).n_episodes == 1
+
+
+def test_action_noise_defaults_to_dart_on_built_in_tasks_and_off_for_gym(tmp_path):
+    """Unset, action_noise is DART noise on a built-in task and off for a mapped env; [0, 0, 0] turns it off.
+    A buffer of clean demos refuses the default (with the way to append to it) and keeps its episodes."""
+    assert any(DEFAULT_ACTION_NOISE)
+    assert _cfg(tmp_path / "a.zarr").action_noise == list(DEFAULT_ACTION_NOISE)
+    for task in ("push_t", "peek_pick"):
+        assert _cfg(tmp_path / "a.zarr", task=task).action_noise == list(DEFAULT_ACTION_NOISE)
+    assert _cfg(tmp_path / "a.zarr", action_noise=[0.0, 0.0, 0.0]).action_noise == [0.0, 0.0, 0.0]
+    gym = from_dict(CollectConfig, {"out": str(tmp_path / "g.zarr"), "demonstrator": "a:b",
+                                    "gym": {"id": "x.y:Z", "obs": {"scene_rgb": "pixels"}}})
+    assert gym.task == "gym" and gym.action_noise == [0.0, 0.0, 0.0]
+
+    out = tmp_path / "clean.zarr"
+    collect(_cfg(out, episodes=1, workers=1, action_noise=[0.0, 0.0, 0.0]), progress=False)
+    assert "action_noise" not in json.loads((out / "collect_info.json").read_text())
+    with pytest.raises(DatasetError, match=r"\[0, 0, 0\] for demos collected without it"):
+        collect(_cfg(out, episodes=1, seed=1, workers=1), progress=False)
+    assert ReplayBuffer.open(out).n_episodes == 1
+    collect(_cfg(out, episodes=1, seed=1, workers=1, action_noise=[0.0, 0.0, 0.0]), progress=False)
+    assert ReplayBuffer.open(out).n_episodes == 2

@@ -282,6 +282,10 @@ def test_the_shipped_configs_take_the_execution_keys_and_an_episode_reports_its_
         e = compose(config_name="evaluate", overrides=["checkpoint=x", "controller.execution=ensemble",
                                                        "controller.ensemble_decay=0.1", "latency=0.2"])
         r = compose(config_name="run", overrides=["checkpoint=x", "controller.execution=rtc"])
+        defaults = [compose(config_name=n, overrides=["checkpoint=x"]) for n in ("evaluate", "run")]
+    # unset, both shipped configs join chunks as the dataclass does: auto (rtc for a policy taking a prefix)
+    assert [d.controller.execution for d in defaults] == ["auto", "auto"]
+    assert EvalConfig(checkpoint="x").controller.execution == "auto"
     cfg = from_dict(EvalConfig, OmegaConf.to_container(e, resolve=True))
     assert cfg.controller.execution == "ensemble" and cfg.controller.ensemble_decay == 0.1
     assert from_dict(RunConfig, OmegaConf.to_container(r, resolve=True)).controller.latency_quantile == 0.9
