@@ -122,14 +122,10 @@ def load_config(path: str | Path) -> Config:
 
 def load_spec(path: str | Path):
     """The ``PolicySpec`` of a checkpoint, from its config and meta.json alone (no weights are loaded)."""
-    from policy.protocol import PolicySpec
-    from policy.window import obs_keys
+    from policy.window import policy_spec
 
     path = resolve_checkpoint_dir(path)
-    p = load_config(path).policy
-    return PolicySpec(p.n_obs_steps, p.chunk_len, p.action_dim, obs_keys(p),
-                      control_hz=read_control_hz(path), action_space=p.action_space_spec(),
-                      history_steps=p.history_steps or None)
+    return policy_spec(load_config(path).policy, read_control_hz(path))
 
 
 def read_control_hz(path: Path) -> float | None:

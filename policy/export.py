@@ -49,7 +49,7 @@ from policy.onnx_policy import (
     OUTPUT,
     UNROLLABLE_SAMPLERS,
 )
-from policy.window import from_network_frame, obs_keys
+from policy.window import from_network_frame, obs_keys, window_steps
 
 OPSET = 17  # onnxruntime >= 1.14 runs it; GroupNormalization (opset 18) is not needed
 
@@ -109,8 +109,7 @@ def example_inputs(cfg: Any, normalizer: Any, batch: int = 1, seed: int = 0) -> 
             out[k] = rng.integers(0, 256, (batch, cfg.n_obs_steps, *cfg.image_shape, 3), dtype=np.uint8)
         else:
             s = normalizer.stats[k if k in cfg.lowdim_dims else keys_.ACTION]
-            steps = cfg.history_steps if k == keys_.ACTION_HISTORY else cfg.n_obs_steps
-            u = rng.uniform(0, 1, (batch, steps, len(s["min"])))
+            u = rng.uniform(0, 1, (batch, window_steps(cfg, k), len(s["min"])))
             out[k] = (s["min"] + u * (s["max"] - s["min"])).astype(np.float32)
     if keys_.ACTION_HISTORY in out:  # the statistics are in the network's frame, a window holds absolute actions
         out[keys_.ACTION_HISTORY] = from_network_frame(out[keys_.ACTION_HISTORY], out, cfg)

@@ -22,7 +22,15 @@ from policy.config import Config
 from policy.config_utils import from_dict
 from policy.normalizer import Normalizer
 from policy.protocol import PolicySpec
-from policy.window import check_normalizer, check_window, from_network_frame, model_inputs, obs_keys
+from policy.window import (
+    check_normalizer,
+    check_window,
+    from_network_frame,
+    model_inputs,
+    obs_keys,
+    policy_spec,
+    window_steps,
+)
 
 ONNX_FILE = "policy.onnx"
 EXPORT_FORMAT = 1
@@ -74,10 +82,8 @@ def load_exported(path: str | Path) -> tuple[Any, dict[str, Any], dict[str, Any]
 def exported_spec(path: str | Path) -> PolicySpec:
     """The ``PolicySpec`` of an exported folder, from its files alone (no session is built)."""
     cfg, meta, _ = load_exported(path)
-    p, hz = cfg.policy, meta.get("control_hz")
-    return PolicySpec(p.n_obs_steps, p.chunk_len, p.action_dim, obs_keys(p),
-                      control_hz=None if hz is None else float(hz), action_space=p.action_space_spec(),
-                      history_steps=p.history_steps or None)
+    hz = meta.get("control_hz")
+    return policy_spec(cfg.policy, None if hz is None else float(hz))
 
 
 def _providers(device: str) -> list[str]:
@@ -146,9 +152,8 @@ class OnnxPolicy:
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a corrupt or foreign file
             raise ExportError(f"exported policy file {self.path / ONNX_FILE} cannot be loaded ({e})") from e
         found = {i.name: list(i.shape) for i in self.session.get_inputs()}
-        want = {k: [1, c.history_steps if k == keys.ACTION_HISTORY else c.n_obs_steps,
-                    *((*c.image_shape, 3) if k in c.image_keys else (c.lowdim_dims.get(k, c.action_dim),))]
-                for k in self.obs_keys}
+        want = {k: [1, window_steps(c, k), *((*c.image_shape, 3) if k in c.image_keys else
+                                              (c.lowdim_dims.get(k, c.action_dim),))] for k in self.obs_keys}
         want[NOISE_INPUT] = [1, c.chunk_len, c.action_dim]
         if found != want:
             raise ExportError(f"{self.path / ONNX_FILE} takes inputs {found}, its config.yaml needs {want}: the "

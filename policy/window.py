@@ -15,12 +15,24 @@ from policy import keys
 from policy.action_frame import to_absolute, to_relative
 from policy.config import PolicyConfig
 from policy.normalizer import Normalizer
+from policy.protocol import PolicySpec
 
 
 def obs_keys(cfg: PolicyConfig) -> tuple[str, ...]:
     """Keys of an observation window, in a fixed order."""
     extra = (keys.ACTION_HISTORY,) if cfg.use_action_history else ()
     return (*cfg.image_keys, *cfg.lowdim_dims, *extra)
+
+
+def window_steps(cfg: PolicyConfig, key: str) -> int:
+    """Entries on the time axis of ``key`` in a window: Th (``history_steps``) for the action history, To else."""
+    return cfg.history_steps if key == keys.ACTION_HISTORY else cfg.n_obs_steps
+
+
+def policy_spec(cfg: PolicyConfig, control_hz: float | None) -> PolicySpec:
+    """The ``PolicySpec`` (what the runtime needs) of a policy built from ``cfg``, trained at ``control_hz``."""
+    return PolicySpec(cfg.n_obs_steps, cfg.chunk_len, cfg.action_dim, obs_keys(cfg), control_hz=control_hz,
+                      action_space=cfg.action_space_spec(), history_steps=cfg.history_steps or None)
 
 
 def check_window(obs: Mapping[str, np.ndarray], cfg: PolicyConfig, batched: bool) -> None:
@@ -37,7 +49,7 @@ def check_window(obs: Mapping[str, np.ndarray], cfg: PolicyConfig, batched: bool
             want = (cfg.action_dim,)
         else:
             want = (cfg.lowdim_dims[k],)
-        steps = cfg.history_steps if k == keys.ACTION_HISTORY else cfg.n_obs_steps
+        steps = window_steps(cfg, k)
         if a.ndim != lead + len(want) or a.shape[lead - 1] != steps or tuple(a.shape[lead:]) != want:
             expected = ("B, " if batched else "") + ", ".join(map(str, (steps, *want)))
             raise ValueError(f"observation {k!r}: expected shape ({expected}), got {a.shape}")
