@@ -1,7 +1,7 @@
 """Training throughput and peak memory of the default CPU config on a synthetic dataset.
 
     python tests/benchmarks/bench_train.py [--quick] [--out FILE.json] [--threads N] [--precision auto|float32]
-        [--compile]
+        [--compile] [--dataset DIR.zarr] [--code CHECKOUT]
 
 Builds a synthetic replay buffer (20 episodes x 50 steps at 96x96; --quick: 4 x 20) in a temporary
 folder, then runs ``python -m policy.train`` (configs/train.yaml with policy=cpu_default) in a child
@@ -9,6 +9,10 @@ process, so that the peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` after it
 training alone. Throughput is the median of the ``samples_per_s`` records the trainer writes to
 ``<out_dir>/log.jsonl``, skipping the first (warm-up) record; validation and the checkpoint run
 only at the final step, after its throughput record. Figures go to tests/benchmarks/results/train.json.
+
+``--dataset`` trains on your demos instead (e.g. 100 push_t demos). ``--code`` runs ``policy.train`` from another
+checkout (e.g. ``git worktree add /tmp/old <commit>``), to measure today's code against an earlier default on the
+same machine: run the two side by side, one thread each, so that both see the same machine.
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ from policy.data.synthetic import make_synthetic_dataset
 from policy.hardware import native_cpu_bf16
 
 
+def git_commit(path: Path) -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def child_peak_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+def child_peak_rss_mb(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> tuple[float, float]:
     """Run ``cmd`` from the repository root; returns (wall seconds, its peak RSS in MiB).
 
     ``RUSAGE_CHILDREN.ru_maxrss`` is the largest peak of all waited-for children, so a child's own peak
@@ -43,7 +52,7 @@ def child_peak_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, float
     """
     before_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
@@ -55,17 +64,20 @@ def child_peak_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, float
 
 
 def run_training(dataset: Path, out_dir: Path, steps: int, batch_size: int, log_every: int, threads: int,
-                 device: str, amp: bool = True, compile_: bool = False) -> tuple[float, float]:
-    """Train in a child process; returns (wall seconds, peak RSS of the child in MiB)."""
+                 device: str, amp: bool = True, compile_: bool = False, code: Path = REPO) -> tuple[float, float]:
+    """Train in a child process (``policy.train`` of the checkout ``code``); returns (wall seconds, peak RSS of the
+    child in MiB). ``train.amp`` and ``train.compile`` are passed only when they differ from the defaults, so that a
+    checkout older than those keys runs too."""
     cmd = [sys.executable, "-m", "policy.train", f"policy={DEFAULT_POLICY_YAML.stem}",
            f"train.dataset={dataset}", f"train.out_dir={out_dir}", f"train.steps={steps}",
            f"train.batch_size={batch_size}", f"train.log_every={log_every}",
            f"train.val_every={steps + 1}", f"train.ckpt_every={steps + 1}",  # only at the final step
-           f"train.num_threads={threads}", f"train.device={device}", "train.progress=false",
-           f"train.amp={str(amp).lower()}", f"train.compile={str(compile_).lower()}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    print("child:", " ".join(cmd[1:]))
-    return child_peak_rss_mb(cmd, env)
+           f"train.num_threads={threads}", f"train.device={device}", "train.progress=false"]
+    cmd += [] if amp else ["train.amp=false"]
+    cmd += ["train.compile=true"] if compile_ else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(code)}
+    print("child:", " ".join(cmd[1:]), f"(from {code})")
+    return child_peak_rss_mb(cmd, env, code)
 
 
 def main() -> None:
@@ -78,6 +90,9 @@ def main() -> None:
         p.add_argument("--precision", choices=["auto", "float32"], default="auto",
                        help="auto: train.amp=true (bf16 autocast where the CPU has native bf16); float32: amp off")
         p.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile the networks)")
+        p.add_argument("--dataset", type=Path, default=None, help="train on this dataset (default: synthetic)")
+        p.add_argument("--code", type=Path, default=REPO,
+                       help="run policy.train from this checkout (default: this one)")
 
     args = parse_args(__file__, "training throughput and peak RSS of the default CPU config", extra)
     n_episodes, episode_len = (4, 20) if args.quick else (20, 50)
@@ -86,10 +101,20 @@ def main() -> None:
         raise SystemExit("--steps must be at least 2 x --log-every (the first record is skipped)")
     image_shape = (96, 96)
 
+    code = args.code.resolve()
+    if not (code / "policy" / "train.py").is_file():
+        raise SystemExit(f"--code {code}: not a checkout of this project (no policy/train.py)")
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         dataset, out_dir = Path(tmp) / "demos.zarr", Path(tmp) / "run"
-        rb = make_synthetic_dataset(dataset, n_episodes=n_episodes, episode_len=episode_len,
-                                    image_shape=image_shape, seed=0)
+        if args.dataset is None:
+            rb = make_synthetic_dataset(dataset, n_episodes=n_episodes, episode_len=episode_len,
+                                        image_shape=image_shape, seed=0)
+        else:
+            from policy.data.replay_buffer import ReplayBuffer
+
+            dataset = args.dataset.resolve()
+            rb = ReplayBuffer.open(dataset)
+            n_episodes, episode_len = rb.n_episodes, round(rb.n_steps / max(rb.n_episodes, 1))
         dataset_steps, dataset_mb = rb.n_steps, dir_size_mb(dataset)
         raw_mb = sum(a.nbytes for a in rb.load().values()) / 2**20
         print(f"dataset: {n_episodes} episodes x {episode_len} steps at {image_shape[0]}x{image_shape[1]} "
@@ -97,7 +122,7 @@ def main() -> None:
         # the same imports without training: how much of the peak is torch itself (smaller, so first)
         _, baseline_mb = child_peak_rss_mb([sys.executable, "-c", "import torch, policy.train"], dict(os.environ))
         wall, peak_mb = run_training(dataset, out_dir, steps, args.batch_size, log_every, args.threads,
-                                     args.device, args.precision == "auto", args.compile)
+                                     args.device, args.precision == "auto", args.compile, code)
         records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line]
         if not (out_dir / "checkpoints" / "latest").is_dir():
             raise SystemExit(f"the training child wrote no checkpoint under {out_dir}")
@@ -148,6 +173,9 @@ def main() -> None:
         "precision": "bfloat16 autocast" if args.precision == "auto" and native_cpu_bf16() and args.device == "cpu"
         else "float32" if args.device == "cpu" else f"amp={args.precision == 'auto'}",
         "compile": args.compile,
+        "dataset": str(args.dataset) if args.dataset else "synthetic",
+        "code": str(code),
+        "code_commit": git_commit(code),
         # after training: machine_info runs git in a child process
         **machine_info(args.threads, args.quick),
     }
