@@ -44,11 +44,19 @@ def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def child_peak_rss_mb(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> tuple[float, float]:
-    """Run ``cmd`` from the repository root; returns (wall seconds, its peak RSS in MiB).
+def child_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def child_peak_rss_mb(cmd: list[str], env: dict[str, str], cwd: Path = REPO,
+                      strict: bool = True) -> tuple[float, float]:
+    """Run ``cmd`` from ``cwd``; returns (wall seconds, its peak RSS in MiB). Its CPU time is the change of
+    ``child_cpu_s()`` across the call.
 
     ``RUSAGE_CHILDREN.ru_maxrss`` is the largest peak of all waited-for children, so a child's own peak
-    can be read only when it beats every earlier one: call this for the bigger processes last.
+    can be read only when it beats every earlier one: call this for the bigger processes last. ``strict=False``:
+    the largest peak so far when this child's does not beat it (the same training, shorter, ran before).
     """
     before_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
@@ -58,13 +66,14 @@ def child_peak_rss_mb(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> 
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"child {' '.join(cmd[1:4])} ... failed with exit code {proc.returncode}")
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
-    if peak_kib <= before_kib:
+    if peak_kib <= before_kib and strict:
         raise SystemExit(f"cannot attribute the peak RSS: an earlier child already reached {before_kib} KiB")
     return wall, peak_kib / 1024
 
 
 def run_training(dataset: Path, out_dir: Path, steps: int, batch_size: int, log_every: int, threads: int,
-                 device: str, amp: bool = True, compile_: bool = False, code: Path = REPO) -> tuple[float, float]:
+                 device: str, amp: bool = True, compile_: bool = False, code: Path = REPO,
+                 strict: bool = True) -> tuple[float, float]:
     """Train in a child process (``policy.train`` of the checkout ``code``); returns (wall seconds, peak RSS of the
     child in MiB). ``train.amp`` and ``train.compile`` are passed only when they differ from the defaults, so that a
     checkout older than those keys runs too."""
@@ -77,7 +86,7 @@ def run_training(dataset: Path, out_dir: Path, steps: int, batch_size: int, log_
     cmd += ["train.compile=true"] if compile_ else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(code)}
     print("child:", " ".join(cmd[1:]), f"(from {code})")
-    return child_peak_rss_mb(cmd, env, code)
+    return child_peak_rss_mb(cmd, env, code, strict)
 
 
 def main() -> None:
@@ -91,6 +100,9 @@ def main() -> None:
                        help="auto: train.amp=true (bf16 autocast where the CPU has native bf16); float32: amp off")
         p.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile the networks)")
         p.add_argument("--dataset", type=Path, default=None, help="train on this dataset (default: synthetic)")
+        p.add_argument("--steps-short", type=int, default=0,
+                       help="also train this many steps first: (CPU time of the long run - the short one) / (steps - "
+                            "steps-short) is a step's CPU time, without startup and loading, and robust to other jobs")
         p.add_argument("--code", type=Path, default=REPO,
                        help="run policy.train from this checkout (default: this one)")
 
@@ -121,8 +133,15 @@ def main() -> None:
               f"({raw_mb:.1f} MiB in memory, {dataset_mb:.2f} MiB on disk)")
         # the same imports without training: how much of the peak is torch itself (smaller, so first)
         _, baseline_mb = child_peak_rss_mb([sys.executable, "-c", "import torch, policy.train"], dict(os.environ))
-        wall, peak_mb = run_training(dataset, out_dir, steps, args.batch_size, log_every, args.threads,
-                                     args.device, args.precision == "auto", args.compile, code)
+        run = [args.batch_size, log_every, args.threads, args.device, args.precision == "auto", args.compile, code]
+        short_cpu = None
+        if args.steps_short:  # the same run shorter, first (smaller peak): startup, data load, val, ckpt cancel out
+            c0 = child_cpu_s()
+            run_training(dataset, Path(tmp) / "run_short", args.steps_short, *run)
+            short_cpu = child_cpu_s() - c0
+        c0 = child_cpu_s()
+        wall, peak_mb = run_training(dataset, out_dir, steps, *run, strict=short_cpu is None)
+        long_cpu = child_cpu_s() - c0
         records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line]
         if not (out_dir / "checkpoints" / "latest").is_dir():
             raise SystemExit(f"the training child wrote no checkpoint under {out_dir}")
@@ -141,7 +160,13 @@ def main() -> None:
     print_table(f"training throughput: {DEFAULT_POLICY_YAML.stem}, batch {args.batch_size}, {args.threads} "
                 f"threads, device {args.device}",
                 ["log window", "samples/s", "ms/step", "loss", ""], rows)
+    marginal_ms = None
+    if short_cpu is not None:
+        if steps <= args.steps_short:
+            raise SystemExit("--steps must exceed --steps-short")
+        marginal_ms = 1e3 * (long_cpu - short_cpu) / (steps - args.steps_short)
     print_table("summary", ["figure", "value"], [
+        ("CPU ms per step, all threads (long run - short run, per step)", marginal_ms or float("nan")),
         ("samples/s (median of used records)", median),
         ("ms per step (from the median)", 1e3 * args.batch_size / median),
         ("peak RSS of the training process (MiB)", peak_mb),
@@ -157,6 +182,10 @@ def main() -> None:
         "train_peak_rss_mb": peak_mb,
         "train_import_peak_rss_mb": baseline_mb,
         "train_wall_s": wall,
+        "train_cpu_s": long_cpu,
+        "train_short_steps": args.steps_short,
+        "train_short_cpu_s": short_cpu,
+        "train_step_cpu_ms_marginal": marginal_ms,
         "train_batch_size": args.batch_size,
         "train_steps": steps,
         "train_log_every_steps": log_every,
