@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from policy.config import EncoderConfig, PolicyConfig
-from policy.unet import Mish
 
 
 class SpatialSoftmax(nn.Module):
@@ -84,7 +83,7 @@ class ImageEncoder(nn.Module):
         with torch.no_grad():
             c, h, w = self.backbone(torch.zeros(1, 3, *cfg.crop_shape)).shape[1:]
         self.pool = SpatialSoftmax(c, cfg.num_keypoints, h, w)
-        self.head = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, cfg.feature_dim), Mish())
+        self.head = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, cfg.feature_dim), nn.Mish())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.backbone(x)))
@@ -172,10 +171,10 @@ class ObsEncoder(nn.Module):
             b, t = img.shape[:2]
             img = crop_images(img.flatten(0, 1), self.cfg.encoder.crop_shape, self.training,
                               generator)  # (B*To, h, w, 3)
-            x = Normalizer.normalize_image(img)  # (B*To, 3, h, w)
+            x = Normalizer.normalize_image(img).permute(0, 3, 1, 2)  # (B*To, 3, h, w)
             if self.training and self.cfg.encoder.color_jitter > 0:
                 x = jitter_colors(x, self.cfg.encoder.color_jitter, generator)
-            parts.append(encoder(x).reshape(b, t, -1))  # (B, To, F)
+            parts.append(encoder(x.contiguous()).reshape(b, t, -1))  # (B, To, F)
         parts += [obs[k] for k in self.cfg.lowdim_dims]  # (B, To, D)
         if self.history_per_step:
             parts.append(obs[ACTION_HISTORY])  # (B, To, A)

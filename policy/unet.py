@@ -13,19 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mish(x: torch.Tensor) -> torch.Tensor:
-    """Mish, x * tanh(softplus(x)), as three vectorized ops: the same function as ``F.mish`` (within 1e-6), and with
-    its backward about half the CPU time of torch's mish kernels (22 calls in a training step of the default)."""
-    return x * torch.tanh(F.softplus(x))
-
-
-class Mish(nn.Module):
-    """``nn.Mish`` computed by ``mish`` (no parameters: checkpoints are the same)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mish(x)
-
-
 class SinusoidalEmbedding(nn.Module):
     """Timestep (B,) float -> (B, dim) sinusoidal features."""
 
@@ -47,7 +34,7 @@ class Conv1dBlock(nn.Sequential):
         super().__init__(
             nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, c_out),
-            Mish(),
+            nn.Mish(),
         )
 
 
@@ -86,7 +73,7 @@ class ConditionalUnet1D(nn.Module):
         self.step_encoder = nn.Sequential(
             SinusoidalEmbedding(step_embed_dim),
             nn.Linear(step_embed_dim, 4 * step_embed_dim),
-            Mish(),
+            nn.Mish(),
             nn.Linear(4 * step_embed_dim, step_embed_dim),
         )
         dims = (action_dim, *down_dims)
@@ -116,11 +103,11 @@ class ConditionalUnet1D(nn.Module):
 
     def prepare_condition(self, global_cond: torch.Tensor) -> torch.Tensor:
         """(B, C) observation features -> (B, sum of FiLM sizes): their share of every block's FiLM."""
-        return self.film_obs(mish(global_cond))
+        return self.film_obs(F.mish(global_cond))
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``cond`` is the output of ``prepare_condition``."""
-        film = self.film_step(mish(self.step_encoder(timestep))) + cond  # (B, sum of FiLM sizes)
+        film = self.film_step(F.mish(self.step_encoder(timestep))) + cond  # (B, sum of FiLM sizes)
         films = iter(film.split(self._film_sizes, dim=1))
         x = x.transpose(1, 2)  # (B, A, T)
         skips = []
