@@ -68,9 +68,10 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git(*cmd: str) -> str | None:
+def git(*cmd: str, repo: Path = REPO) -> str | None:
+    """``git -C repo <cmd>``'s output, None when git fails."""
     try:
-        res = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True, timeout=20)
+        res = subprocess.run(["git", "-C", str(repo), *cmd], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout.strip() if res.returncode == 0 else None
@@ -84,8 +85,8 @@ def machine_info(threads: int, quick: bool) -> dict[str, Any]:
     """
     import torch
 
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "machine": _cpu_model(),
         "nproc": os.cpu_count() or 0,

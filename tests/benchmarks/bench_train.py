@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of the default CPU config on a synthetic dataset.
+"""Training throughput and peak memory of the default CPU config, on a synthetic dataset or your demos.
 
     python tests/benchmarks/bench_train.py [--quick] [--out FILE.json] [--threads N] [--precision auto|float32]
         [--compile] [--dataset DIR.zarr] [--code CHECKOUT]
@@ -29,15 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import DEFAULT_POLICY_YAML, REPO, finish, machine_info, parse_args, print_table
+from _common import DEFAULT_POLICY_YAML, REPO, finish, git, machine_info, parse_args, print_table
 
 from policy.data.synthetic import make_synthetic_dataset
 from policy.hardware import native_cpu_bf16
-
-
-def git_commit(path: Path) -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
 def dir_size_mb(path: Path) -> float:
@@ -111,6 +106,8 @@ def main() -> None:
     steps, log_every = (30, 10) if args.quick else (args.steps, args.log_every)
     if steps < 2 * log_every:
         raise SystemExit("--steps must be at least 2 x --log-every (the first record is skipped)")
+    if args.steps_short and args.steps_short >= steps:
+        raise SystemExit(f"--steps-short ({args.steps_short}) must be fewer than the steps ({steps})")
     image_shape = (96, 96)
 
     code = args.code.resolve()
@@ -162,8 +159,6 @@ def main() -> None:
                 ["log window", "samples/s", "ms/step", "loss", ""], rows)
     marginal_ms = None
     if short_cpu is not None:
-        if steps <= args.steps_short:
-            raise SystemExit("--steps must exceed --steps-short")
         marginal_ms = 1e3 * (long_cpu - short_cpu) / (steps - args.steps_short)
     print_table("summary", ["figure", "value"], [
         ("CPU ms per step, all threads (long run - short run, per step)", marginal_ms or float("nan")),
@@ -204,7 +199,7 @@ def main() -> None:
         "compile": args.compile,
         "dataset": str(args.dataset) if args.dataset else "synthetic",
         "code": str(code),
-        "code_commit": git_commit(code),
+        "code_commit": git("rev-parse", "HEAD", repo=code) or "unknown",
         # after training: machine_info runs git in a child process
         **machine_info(args.threads, args.quick),
     }
