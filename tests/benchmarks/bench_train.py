@@ -1,7 +1,7 @@
 """Training throughput and peak memory of the default CPU config, on a synthetic dataset or your demos.
 
     python tests/benchmarks/bench_train.py [--quick] [--out FILE.json] [--threads N] [--precision auto|float32]
-        [--compile] [--dataset DIR.zarr] [--code CHECKOUT]
+        [--compile] [--dataset DIR.zarr] [--code CHECKOUT] [--steps-short N] [--set KEY=VALUE ...]
 
 Builds a synthetic replay buffer (20 episodes x 50 steps at 96x96; --quick: 4 x 20) in a temporary
 folder, then runs ``python -m policy.train`` (configs/train.yaml with policy=cpu_default) in a child
@@ -12,7 +12,9 @@ only at the final step, after its throughput record. Figures go to tests/benchma
 
 ``--dataset`` trains on your demos instead (e.g. 100 push_t demos). ``--code`` runs ``policy.train`` from another
 checkout (e.g. ``git worktree add /tmp/old <commit>``), to measure today's code against an earlier default on the
-same machine: run the two side by side, one thread each, so that both see the same machine.
+same machine: run the two side by side, one thread each, so that both see the same machine. ``--set`` passes a
+config override to the child (e.g. ``--set policy.encoder.channels=[24,24]``) to time a candidate config. The
+``precision`` figure is the one the child logs (``precision: ...``); a checkout too old to log it is reported as such.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -32,7 +35,6 @@ import numpy as np
 from _common import DEFAULT_POLICY_YAML, REPO, finish, git, machine_info, parse_args, print_table
 
 from policy.data.synthetic import make_synthetic_dataset
-from policy.hardware import native_cpu_bf16
 
 
 def dir_size_mb(path: Path) -> float:
@@ -45,8 +47,9 @@ def child_cpu_s() -> float:
 
 
 def child_peak_rss_mb(cmd: list[str], env: dict[str, str], cwd: Path = REPO,
-                      strict: bool = True) -> tuple[float, float]:
-    """Run ``cmd`` from ``cwd``; returns (wall seconds, its peak RSS in MiB). Its CPU time is the change of
+                      strict: bool = True) -> tuple[float, float, str]:
+    """Run ``cmd`` from ``cwd``; returns (wall seconds, its peak RSS in MiB, its stdout and stderr). Its CPU time is
+    the change of
     ``child_cpu_s()`` across the call.
 
     ``RUSAGE_CHILDREN.ru_maxrss`` is the largest peak of all waited-for children, so a child's own peak
@@ -63,15 +66,15 @@ def child_peak_rss_mb(cmd: list[str], env: dict[str, str], cwd: Path = REPO,
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     if peak_kib <= before_kib and strict:
         raise SystemExit(f"cannot attribute the peak RSS: an earlier child already reached {before_kib} KiB")
-    return wall, peak_kib / 1024
+    return wall, peak_kib / 1024, proc.stdout + proc.stderr
 
 
 def run_training(dataset: Path, out_dir: Path, steps: int, batch_size: int, log_every: int, threads: int,
                  device: str, amp: bool = True, compile_: bool = False, code: Path = REPO,
-                 strict: bool = True) -> tuple[float, float]:
+                 strict: bool = True, overrides: tuple[str, ...] = ()) -> tuple[float, float, str]:
     """Train in a child process (``policy.train`` of the checkout ``code``); returns (wall seconds, peak RSS of the
-    child in MiB). ``train.amp`` and ``train.compile`` are passed only when they differ from the defaults, so that a
-    checkout older than those keys runs too."""
+    child in MiB, the precision it logged or ``"not logged by this checkout"``). ``train.amp`` and ``train.compile``
+    are passed only when they differ from the defaults, so that a checkout older than those keys runs too."""
     cmd = [sys.executable, "-m", "policy.train", f"policy={DEFAULT_POLICY_YAML.stem}",
            f"train.dataset={dataset}", f"train.out_dir={out_dir}", f"train.steps={steps}",
            f"train.batch_size={batch_size}", f"train.log_every={log_every}",
@@ -79,9 +82,12 @@ def run_training(dataset: Path, out_dir: Path, steps: int, batch_size: int, log_
            f"train.num_threads={threads}", f"train.device={device}", "train.progress=false"]
     cmd += [] if amp else ["train.amp=false"]
     cmd += ["train.compile=true"] if compile_ else []
+    cmd += list(overrides)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(code)}
     print("child:", " ".join(cmd[1:]), f"(from {code})")
-    return child_peak_rss_mb(cmd, env, code, strict)
+    wall, peak_mb, output = child_peak_rss_mb(cmd, env, code, strict)
+    found = re.search(r"precision: ([^\n]+)", output)
+    return wall, peak_mb, found.group(1).strip() if found else "not logged by this checkout"
 
 
 def main() -> None:
@@ -100,6 +106,9 @@ def main() -> None:
                             "steps-short) is a step's CPU time, without startup and loading, and robust to other jobs")
         p.add_argument("--code", type=Path, default=REPO,
                        help="run policy.train from this checkout (default: this one)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="a config override for the training child (repeatable), e.g. "
+                            "policy.encoder.channels=[24,24]")
 
     args = parse_args(__file__, "training throughput and peak RSS of the default CPU config", extra)
     n_episodes, episode_len = (4, 20) if args.quick else (20, 50)
@@ -129,15 +138,19 @@ def main() -> None:
         print(f"dataset: {n_episodes} episodes x {episode_len} steps at {image_shape[0]}x{image_shape[1]} "
               f"({raw_mb:.1f} MiB in memory, {dataset_mb:.2f} MiB on disk)")
         # the same imports without training: how much of the peak is torch itself (smaller, so first)
-        _, baseline_mb = child_peak_rss_mb([sys.executable, "-c", "import torch, policy.train"], dict(os.environ))
+        _, baseline_mb, _ = child_peak_rss_mb([sys.executable, "-c", "import torch, policy.train"], dict(os.environ))
         run = [args.batch_size, log_every, args.threads, args.device, args.precision == "auto", args.compile, code]
+        bad = [o for o in args.overrides if "=" not in o]
+        if bad:
+            raise SystemExit(f"--set expects KEY=VALUE, got {bad}")
         short_cpu = None
         if args.steps_short:  # the same run shorter, first (smaller peak): startup, data load, val, ckpt cancel out
             c0 = child_cpu_s()
-            run_training(dataset, Path(tmp) / "run_short", args.steps_short, *run)
+            run_training(dataset, Path(tmp) / "run_short", args.steps_short, *run, overrides=tuple(args.overrides))
             short_cpu = child_cpu_s() - c0
         c0 = child_cpu_s()
-        wall, peak_mb = run_training(dataset, out_dir, steps, *run, strict=short_cpu is None)
+        wall, peak_mb, precision = run_training(dataset, out_dir, steps, *run, strict=short_cpu is None,
+                                                overrides=tuple(args.overrides))
         long_cpu = child_cpu_s() - c0
         records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line]
         if not (out_dir / "checkpoints" / "latest").is_dir():
@@ -178,9 +191,6 @@ def main() -> None:
         "train_import_peak_rss_mb": baseline_mb,
         "train_wall_s": wall,
         "train_cpu_s": long_cpu,
-        "train_short_steps": args.steps_short,
-        "train_short_cpu_s": short_cpu,
-        "train_step_cpu_ms_marginal": marginal_ms,
         "train_batch_size": args.batch_size,
         "train_steps": steps,
         "train_log_every_steps": log_every,
@@ -194,8 +204,9 @@ def main() -> None:
         "policy_config": DEFAULT_POLICY_YAML.stem,
         "image_shape": f"{image_shape[0]}x{image_shape[1]}",
         "device": args.device,
-        "precision": "bfloat16 autocast" if args.precision == "auto" and native_cpu_bf16() and args.device == "cpu"
-        else "float32" if args.device == "cpu" else f"amp={args.precision == 'auto'}",
+        "precision": precision,  # as the training child logged it
+        "precision_requested": args.precision,
+        "overrides": " ".join(args.overrides),
         "compile": args.compile,
         "dataset": str(args.dataset) if args.dataset else "synthetic",
         "code": str(code),
@@ -203,6 +214,9 @@ def main() -> None:
         # after training: machine_info runs git in a child process
         **machine_info(args.threads, args.quick),
     }
+    if short_cpu is not None:  # only with --steps-short (the results object holds no nulls)
+        results.update(train_short_steps=args.steps_short, train_short_cpu_s=short_cpu,
+                       train_step_cpu_ms_marginal=marginal_ms)
     finish(results, args.out)
 
 
