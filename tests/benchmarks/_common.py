@@ -123,11 +123,16 @@ def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[Any]]
         print(fmt(r))
 
 
-def finish(results: Mapping[str, Any], out: Path | None) -> None:
-    """Check that ``results`` is flat, then write it as JSON to ``out`` (or say why nothing was written)."""
+def check_flat(results: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` naming the first figure that is not a number, a string or a bool."""
     for k, v in results.items():
         if not isinstance(v, (int, float, str, bool)):
             raise TypeError(f"result {k!r} is a {type(v).__name__}; the results object must be flat")
+
+
+def finish(results: Mapping[str, Any], out: Path | None) -> None:
+    """Check that ``results`` is flat, then write it as JSON to ``out`` (or say why nothing was written)."""
+    check_flat(results)
     if out is None:
         print("\n--quick: no results written (pass --out FILE.json to write them)")
         return

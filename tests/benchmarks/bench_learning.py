@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import finish, load_default_policy_dict, machine_info, parse_args, print_table
+from _common import check_flat, finish, load_default_policy_dict, machine_info, parse_args, print_table
 
 import sim  # noqa: F401 - headless GL before mujoco
 from policy.config import Config, PolicyConfig, TrainConfig
@@ -79,8 +79,10 @@ def run_task(task: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     name = f"{task}_{args.tag}" if args.tag else task
     res: dict[str, Any] = {f"{name}_overrides": " ".join(args.set) or "none (the default recipe)"}
     info = read_info(data)  # how the demos were collected (DART noise or none)
-    res[f"{name}_demos_action_noise"] = info.get("action_noise", [0.0, 0.0, 0.0])
-    res[f"{name}_demos_action_noise_rho"] = info.get("action_noise_rho")
+    noise = info.get("action_noise") or [0.0, 0.0, 0.0]  # a flat figure: the three stds in one string
+    res[f"{name}_demos_action_noise_m"] = ",".join(f"{float(x):g}" for x in noise)
+    if info.get("action_noise_rho") is not None:
+        res[f"{name}_demos_action_noise_rho"] = float(info["action_noise_rho"])
     for minutes in args.minutes:
         pol = load_default_policy_dict()
         tcfg: dict[str, Any] = {"dataset": str(data), "steps": 1_000_000, "max_minutes": minutes,
@@ -155,6 +157,7 @@ def main() -> None:
     print_table("learning curve", ["figure", "value"], rows)
     tagged = {f"{args.tag}_{k}" if args.tag else k: v for k, v in machine_info(args.threads, args.quick).items()}
     results.update(tagged)
+    check_flat(results)  # before anything is merged into a shared results file
     if args.results:
         merge_into(args.results, results)
     finish(results, args.out)
