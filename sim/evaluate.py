@@ -352,7 +352,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     summary.update(task=task, checkpoint=str(ckpt), latency=str(cfg.latency), seeds_first=seeds[0],
                    seeds_skipped=len(set(range(seeds[0], seeds[-1] + 1)) & set(collected)),
                    env=cfg.env, workers=n_workers, seconds=round(time.perf_counter() - t0, 2), videos=sorted(videos),
-                   safety=safety, episodes=records)
+                   safety=safety, controller=asdict(cfg.controller), episodes=records)
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(out / "eval.json")

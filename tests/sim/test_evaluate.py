@@ -82,6 +82,7 @@ def test_evaluate_end_to_end_on_a_tiny_checkpoint(trained, tmp_path):
     assert 0.0 <= s["success_rate_ci95"][0] <= s["success_rate"] <= s["success_rate_ci95"][1] <= 1.0
     saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert saved["n_episodes"] == 3 and len(saved["episodes"]) == 3
+    assert saved["controller"]["execution"] == "naive" and saved["controller"]["replan"] == "half"  # how it ran
     assert len(s["videos"]) == 1
     import imageio.v3 as iio
 
@@ -283,9 +284,9 @@ def test_the_shipped_configs_take_the_execution_keys_and_an_episode_reports_its_
                                                        "controller.ensemble_decay=0.1", "latency=0.2"])
         r = compose(config_name="run", overrides=["checkpoint=x", "controller.execution=rtc"])
         defaults = [compose(config_name=n, overrides=["checkpoint=x"]) for n in ("evaluate", "run")]
-    # unset, both shipped configs join chunks as the dataclass does: auto (rtc for a policy taking a prefix)
-    assert [d.controller.execution for d in defaults] == ["auto", "auto"]
-    assert EvalConfig(checkpoint="x").controller.execution == "auto"
+    # unset, both shipped configs join chunks as the dataclass does: naive (success first; README)
+    assert [d.controller.execution for d in defaults] == ["naive", "naive"]
+    assert EvalConfig(checkpoint="x").controller.execution == "naive"
     cfg = from_dict(EvalConfig, OmegaConf.to_container(e, resolve=True))
     assert cfg.controller.execution == "ensemble" and cfg.controller.ensemble_decay == 0.1
     assert from_dict(RunConfig, OmegaConf.to_container(r, resolve=True)).controller.latency_quantile == 0.9
