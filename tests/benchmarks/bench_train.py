@@ -13,7 +13,7 @@ only at the final step, after its throughput record. Figures go to tests/benchma
 ``--dataset`` trains on your demos instead (e.g. 100 push_t demos). ``--code`` runs ``policy.train`` from another
 checkout (e.g. ``git worktree add /tmp/old <commit>``), to measure today's code against an earlier default on the
 same machine: run the two side by side, one thread each, so that both see the same machine. ``--set`` passes a
-config override to the child (e.g. ``--set policy.encoder.channels=[24,24]``) to time a candidate config. The
+config override to the child (e.g. ``--set policy.encoder.channels=[16,32]``) to time a candidate config. The
 ``precision`` figure is the one the child logs (``precision: ...``); a checkout too old to log it is reported as such.
 """
 
@@ -108,7 +108,7 @@ def main() -> None:
                        help="run policy.train from this checkout (default: this one)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="a config override for the training child (repeatable), e.g. "
-                            "policy.encoder.channels=[24,24]")
+                            "policy.encoder.channels=[16,32]")
 
     args = parse_args(__file__, "training throughput and peak RSS of the default CPU config", extra)
     n_episodes, episode_len = (4, 20) if args.quick else (20, 50)
