@@ -48,9 +48,8 @@ def child_cpu_s() -> float:
 
 def child_peak_rss_mb(cmd: list[str], env: dict[str, str], cwd: Path = REPO,
                       strict: bool = True) -> tuple[float, float, str]:
-    """Run ``cmd`` from ``cwd``; returns (wall seconds, its peak RSS in MiB, its stdout and stderr). Its CPU time is
-    the change of
-    ``child_cpu_s()`` across the call.
+    """Run ``cmd`` from ``cwd``; returns (wall seconds, its peak RSS in MiB, its stdout and stderr). Its CPU time
+    is the change of ``child_cpu_s()`` across the call.
 
     ``RUSAGE_CHILDREN.ru_maxrss`` is the largest peak of all waited-for children, so a child's own peak
     can be read only when it beats every earlier one: call this for the bigger processes last. ``strict=False``:
@@ -117,6 +116,9 @@ def main() -> None:
         raise SystemExit("--steps must be at least 2 x --log-every (the first record is skipped)")
     if args.steps_short and args.steps_short >= steps:
         raise SystemExit(f"--steps-short ({args.steps_short}) must be fewer than the steps ({steps})")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise SystemExit(f"--set expects KEY=VALUE, got {bad}")
     image_shape = (96, 96)
 
     code = args.code.resolve()
@@ -139,18 +141,15 @@ def main() -> None:
               f"({raw_mb:.1f} MiB in memory, {dataset_mb:.2f} MiB on disk)")
         # the same imports without training: how much of the peak is torch itself (smaller, so first)
         _, baseline_mb, _ = child_peak_rss_mb([sys.executable, "-c", "import torch, policy.train"], dict(os.environ))
-        run = [args.batch_size, log_every, args.threads, args.device, args.precision == "auto", args.compile, code]
-        bad = [o for o in args.overrides if "=" not in o]
-        if bad:
-            raise SystemExit(f"--set expects KEY=VALUE, got {bad}")
+        run = dict(batch_size=args.batch_size, log_every=log_every, threads=args.threads, device=args.device,
+                   amp=args.precision == "auto", compile_=args.compile, code=code, overrides=tuple(args.overrides))
         short_cpu = None
         if args.steps_short:  # the same run shorter, first (smaller peak): startup, data load, val, ckpt cancel out
             c0 = child_cpu_s()
-            run_training(dataset, Path(tmp) / "run_short", args.steps_short, *run, overrides=tuple(args.overrides))
+            run_training(dataset, Path(tmp) / "run_short", args.steps_short, **run)
             short_cpu = child_cpu_s() - c0
         c0 = child_cpu_s()
-        wall, peak_mb, precision = run_training(dataset, out_dir, steps, *run, strict=short_cpu is None,
-                                                overrides=tuple(args.overrides))
+        wall, peak_mb, precision = run_training(dataset, out_dir, steps, **run, strict=short_cpu is None)
         long_cpu = child_cpu_s() - c0
         records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line]
         if not (out_dir / "checkpoints" / "latest").is_dir():
