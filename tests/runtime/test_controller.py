@@ -68,6 +68,20 @@ def test_continuous_replanning_keeps_the_worker_busy():
     assert m.underruns == 0 and policy.obs_ticks[:4] == [0, 3, 6, 9]
 
 
+def test_replan_after_sets_how_much_of_each_chunk_runs_before_the_next_request():
+    # chunk of 16, 0.3 s latency: after 12 executed actions the next is requested (LeRobot's n_action_steps)
+    ctrl, _, policy, _ = _setup(latency=0.3, cfg=ControllerConfig(replan_after=12, keep_trace=True))
+    m = ctrl.run(max_ticks=60)
+    assert policy.obs_ticks[:4] == [0, 11, 22, 33] and m.underruns == 0
+    ctrl, _, policy, _ = _setup(latency=0.3, cfg=ControllerConfig(replan_after=4, keep_trace=True))
+    ctrl.run(max_ticks=30)
+    assert policy.obs_ticks[:4] == [0, 3, 6, 9]  # every answer (3 ticks late) is already due for a new request
+    with pytest.raises(ValueError, match="replan_after=16 must be below the policy's chunk length 16"):
+        _setup(latency=0.3, cfg=ControllerConfig(replan_after=16))
+    with pytest.raises(ValueError, match="controller.replan_after must be >= 0"):
+        ControllerConfig(replan_after=-1)
+
+
 def test_window_holds_frames_and_the_actions_sent_before_the_observation():
     ctrl, robot, policy, _ = _setup(latency=0.3)
     m = ctrl.run(max_ticks=30)
