@@ -2,9 +2,10 @@
 
 Each tick reads the robot and the newest camera frames, takes the action due now from the
 timestamped buffer, passes it through the safety layer and writes it to the robot. When half of the
-current chunk has been executed, the newest observation window goes to the inference worker and the
-loop keeps executing; the chunk that comes back replaces the buffer from now on, without the entries
-whose time has passed. The loop never waits for inference. ``robot.stop()`` runs in ``finally:``.
+current chunk has been executed (``controller.replan_after`` actions when set), the newest observation
+window goes to the inference worker and the loop keeps executing; the chunk that comes back replaces the
+buffer from now on, without the entries whose time has passed. The loop never waits for inference.
+``robot.stop()`` runs in ``finally:``.
 How chunks are joined is ``controller.execution`` (``runtime.execution``): ``naive`` replaces,
 ``rtc``/``bid`` also send the committed actions with each request (a ``ChunkPrefix``) for the policy
 to continue, ``ensemble`` averages the overlapping chunks (ACT). ``observers`` (``runtime.observer``, e.g. the
