@@ -28,3 +28,10 @@ def test_bench_learning_quick_writes_flat_figures(tmp_path):
     assert figures["pick_place_toy_steps_0.05min"] >= 1 and figures["pick_place_toy_eval_episodes_0.05min"] == 2
     merged = json.loads(shared.read_text())
     assert merged["earlier_figure"] == 1.0 and merged["pick_place_toy_overrides"] == "policy.encoder.channels=[8,8]"
+
+
+def test_committed_learning_results_are_flat():
+    # figures merged by hand must keep the benchmark's flat contract too (a list once reached this file that way)
+    figures = json.loads((REPO / "tests" / "benchmarks" / "results" / "learning.json").read_text())
+    bad = {k: v for k, v in figures.items() if not isinstance(v, (int, float, str, bool))}
+    assert not bad, f"results/learning.json must be flat; not numbers, strings or bools: {sorted(bad)}"
