@@ -57,7 +57,7 @@ class ControllerConfig:
     hz: float = 10.0  # control rate, Hz
     replan: str = "half"  # half: request a chunk when half of the current one is executed | continuous
     replan_after: int = 0  # replan=half: actions of a chunk executed before the next is requested (LeRobot's
-    # n_action_steps); 0: half the chunk. On a push_t policy 4, 6, 8, 12 and 14 of 16 gave 59-65 % (300 seeds each,
+    # n_action_steps); 0: half the chunk. On a push_t policy 4, 6, 8, 12 and 14 of 16 gave 60-65 % (300 seeds each,
     # within the intervals; 8 is the default) (README, "Learning per CPU-minute")
     max_inference_failures: int = 3  # consecutive failed inferences before the run stops
     max_rejected_actions: int = 10  # consecutive rejected actions (NaN, degenerate rotation) before it stops
